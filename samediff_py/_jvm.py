@@ -1,0 +1,127 @@
+"""The JVM room: the only module that imports ``jnius``.
+
+The JVM starts lazily, once per process, the first time something asks for a Java class. Its classpath is
+every jar in ``jars/`` plus the compiled bridge (``jars/classes``); options come from the environment:
+
+- ``SAMEDIFF_PY_JARS``: the jar folder (default: ``jars/`` beside the package, i.e. the repository's).
+- ``SAMEDIFF_PY_HEAP``: maximum heap, e.g. ``4g`` (default ``4g``); nd4j keeps arrays off-heap, so
+  ``SAMEDIFF_PY_OFFHEAP`` (default ``16g``) bounds that (``-Dorg.bytedeco.javacpp.maxbytes``).
+- ``SAMEDIFF_PY_JVM_OPTS``: further options, split on whitespace.
+
+Java exceptions become :class:`JavaError` carrying the Java class and message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+FETCH_COMMAND = "gradle -q fetchJars   (run in the samediff_py repository; or: ./dev setup)"
+
+
+class JavaError(RuntimeError):
+    """A Java exception raised inside the JVM, re-raised in Python.
+
+    Attributes:
+        java_class: fully qualified name of the Java exception class.
+        java_message: the exception's message (``None`` if it had none).
+    """
+
+    def __init__(self, java_class: str, java_message: str | None, stack: list[str] | None = None):
+        self.java_class = java_class
+        self.java_message = java_message
+        self.java_stack = stack or []
+        super().__init__(f"{java_class}: {java_message}")
+
+
+class BackendMissing(RuntimeError):
+    """Java or the nd4j jars are not available; the message says what to run."""
+
+
+def jar_dir() -> Path:
+    env = os.environ.get("SAMEDIFF_PY_JARS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "jars"
+
+
+def _classpath() -> list[str]:
+    jars = jar_dir()
+    found = sorted(str(p) for p in jars.glob("*.jar"))
+    if not any("nd4j-native" in Path(p).name for p in found):
+        raise BackendMissing(
+            f"no nd4j jars in {jars}. Fetch them with:\n    {FETCH_COMMAND}\n"
+            "or point SAMEDIFF_PY_JARS at a folder that holds them."
+        )
+    classes = jars / "classes"
+    if not (classes / "samediffpy" / "Bridge.class").exists():
+        raise BackendMissing(f"the samediff_py Java bridge is not compiled in {classes}. Run:\n    {FETCH_COMMAND}")
+    return [str(classes), *found]
+
+
+def _check_java() -> None:
+    if os.environ.get("JAVA_HOME") or shutil.which("java"):
+        return
+    raise BackendMissing(
+        "no Java found (neither JAVA_HOME nor `java` on PATH). Install a JDK 11+, e.g.\n"
+        "    apt-get install openjdk-17-jdk-headless"
+    )
+
+
+@functools.cache
+def _jnius() -> Any:
+    """Start the JVM (once) and return the ``jnius`` module."""
+    _check_java()
+    classpath = _classpath()
+    import jnius_config
+
+    if "jnius" not in sys.modules and not jnius_config.vm_running:
+        heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
+        offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP", "16g")
+        jnius_config.add_options(
+            f"-Xmx{heap}",
+            f"-Dorg.bytedeco.javacpp.maxbytes={offheap}",
+            f"-Dorg.bytedeco.javacpp.maxphysicalbytes={offheap}",
+            *os.environ.get("SAMEDIFF_PY_JVM_OPTS", "").split(),
+        )
+        jnius_config.set_classpath(*classpath)
+    import jnius
+
+    return jnius
+
+
+def started() -> bool:
+    """Whether the JVM has been started by this process."""
+    return _jnius.cache_info().currsize > 0
+
+
+@functools.cache
+def jclass(name: str) -> Any:
+    """The Java class ``name`` (dotted), starting the JVM if needed."""
+    return _jnius().autoclass(name)
+
+
+def bridge() -> Any:
+    """The pinned-signature helper class ``samediffpy.Bridge``."""
+    return jclass("samediffpy.Bridge")
+
+
+@functools.cache
+def dtype_enum(name: str) -> Any:
+    """``org.nd4j.linalg.api.buffer.DataType.<name>``."""
+    return getattr(jclass("org.nd4j.linalg.api.buffer.DataType"), name)
+
+
+@contextlib.contextmanager
+def java_errors() -> Iterator[None]:
+    """Re-raise Java exceptions thrown inside the block as :class:`JavaError`."""
+    try:
+        yield
+    except Exception as e:  # jnius.JavaException, without importing jnius before the JVM is wanted
+        if type(e).__name__ != "JavaException" or not hasattr(e, "classname"):
+            raise
+        message = getattr(e, "innermessage", None)
+        raise JavaError(e.classname or "java.lang.Throwable", message, getattr(e, "stacktrace", None)) from None

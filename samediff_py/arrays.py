@@ -1,0 +1,95 @@
+"""The array room: numpy <-> nd4j ``INDArray``.
+
+Bulk data crosses as one native memory copy: nd4j allocates (detached, C order), Python takes the buffer's
+address and ``np.copyto``'s into a numpy view of it; on the way out, a numpy view with nd4j's shape, strides
+and offset is copied. Nothing moves element by element through pyjnius.
+
+Supported dtypes: float32, float64, int32, int64, bool (any shape, including 0-d and empty).
+
+>>> import numpy as np
+>>> a = np.arange(6, dtype=np.float32).reshape(2, 3).T      # non-contiguous input is fine
+>>> np.array_equal(to_numpy(to_indarray(a)), a)
+True
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from . import _jvm
+
+# numpy dtype -> nd4j DataType name
+ND4J_DTYPES: dict[np.dtype, str] = {
+    np.dtype(np.float32): "FLOAT",
+    np.dtype(np.float64): "DOUBLE",
+    np.dtype(np.int32): "INT",
+    np.dtype(np.int64): "LONG",
+    np.dtype(np.bool_): "BOOL",
+}
+NUMPY_DTYPES: dict[str, np.dtype] = {v: k for k, v in ND4J_DTYPES.items()}
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """The numpy dtype for ``dtype`` if samediff_py supports it, else a ``TypeError`` naming the choices."""
+    dt = np.dtype(dtype)
+    if dt not in ND4J_DTYPES:
+        names = ", ".join(str(d) for d in ND4J_DTYPES)
+        raise TypeError(f"dtype {dt} is not supported; use one of: {names}")
+    return dt
+
+
+def _view(address: int, dtype: np.dtype, shape: tuple[int, ...], strides_elems: tuple[int, ...]) -> np.ndarray:
+    """A numpy array over native memory at ``address`` (no copy; valid while the owner lives)."""
+    span = 1 + sum((n - 1) * s for n, s in zip(shape, strides_elems))
+    buf = (ctypes.c_byte * (span * dtype.itemsize)).from_address(address)
+    flat = np.frombuffer(buf, dtype=dtype)
+    return np.lib.stride_tricks.as_strided(flat, shape, tuple(s * dtype.itemsize for s in strides_elems))
+
+
+def to_indarray(value: Any, dtype: Any = None) -> Any:
+    """Copy a numpy array (or anything ``np.asarray`` takes) into a new detached nd4j ``INDArray``."""
+    a = np.asarray(value, dtype=dtype)
+    dt = check_dtype(a.dtype)
+    with _jvm.java_errors():
+        j = _jvm.bridge().alloc(_jvm.dtype_enum(ND4J_DTYPES[dt]), list(a.shape))
+        if a.size:
+            info = _jvm.bridge().describe(j)
+            c_strides = tuple(int(s) // dt.itemsize for s in np.empty(a.shape, dt).strides)
+            np.copyto(_view(int(info[0]), dt, a.shape, c_strides), a, casting="no")
+    return j
+
+
+def wrap(value: Any) -> tuple[Any, np.ndarray]:
+    """A zero-copy ``INDArray`` over a numpy array's memory, and the (C-contiguous) array it reads.
+
+    Constant time. The caller must keep the returned numpy array alive while the ``INDArray`` is used, and
+    must not store the ``INDArray`` in the graph (use :func:`to_indarray` for values that outlive a call).
+    """
+    a = np.asarray(value)
+    if not a.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
+        a = a.copy(order="C")
+    dt = check_dtype(a.dtype)
+    with _jvm.java_errors():
+        j = _jvm.bridge().wrap(a.ctypes.data, _jvm.dtype_enum(ND4J_DTYPES[dt]), list(a.shape))
+    return j, a
+
+
+def to_numpy(j: Any) -> np.ndarray:
+    """Copy an nd4j ``INDArray`` (any offset/strides, in a workspace or not) into a new numpy array."""
+    with _jvm.java_errors():
+        j = _jvm.bridge().detached(j)
+        info = _jvm.bridge().describe(j)
+        dt = NUMPY_DTYPES.get(j.dataType().name())
+    if dt is None:
+        raise TypeError(f"nd4j dtype {j.dataType().name()} has no samediff_py numpy equivalent")
+    rank = int(info[2])
+    shape = tuple(int(n) for n in info[3 : 3 + rank])
+    strides = tuple(int(s) for s in info[3 + rank : 3 + 2 * rank])
+    if 0 in shape:
+        return np.zeros(shape, dt)
+    out = np.empty(shape, dt)
+    np.copyto(out, _view(int(info[0]), dt, shape, strides))  # j is alive until we return
+    return out

@@ -1,0 +1,225 @@
+package samediffpy;
+
+import java.io.OutputStream;
+import java.io.PrintStream;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+import org.nd4j.autodiff.samediff.SDVariable;
+import org.nd4j.autodiff.samediff.SameDiff;
+import org.bytedeco.javacpp.Pointer;
+import org.nd4j.linalg.api.buffer.DataBuffer;
+import org.nd4j.linalg.api.buffer.DataType;
+import org.nd4j.linalg.api.ndarray.INDArray;
+import org.nd4j.linalg.factory.Nd4j;
+import org.nd4j.nativeblas.NativeOpsHolder;
+
+/**
+ * Pinned, overload-free entry points for samediff_py.
+ *
+ * pyjnius resolves Java overloads poorly (Python lists bind to int[] before long[], maps and varargs
+ * often match nothing), and every ambiguous call costs microseconds. Each method here has exactly one
+ * signature, so the Python side never depends on pyjnius's overload guessing.
+ */
+public final class Bridge {
+    private Bridge() {}
+
+    static {
+        Nd4j.getBackend();  // NativeOpsHolder needs the backend's properties loaded first
+    }
+
+    // ---------------------------------------------------------------- arrays
+
+    /** A detached, C-ordered, uninitialised array; Python fills it by one native memory copy. */
+    public static INDArray alloc(DataType dtype, long[] shape) {
+        for (long d : shape) {
+            if (d == 0) return Nd4j.create(dtype, shape);  // empty arrays have no buffer
+        }
+        return Nd4j.createUninitializedDetached(dtype, 'c', shape);
+    }
+
+    /**
+     * An array over memory nd4j does not own (a C-contiguous numpy buffer): no copy, constant time.
+     * The caller keeps the numpy array alive for as long as this INDArray is used, and dup()s it before
+     * storing it anywhere that outlives the call (variables, constants).
+     */
+    public static INDArray wrap(long address, DataType dtype, long[] shape) {
+        long n = 1;
+        for (long d : shape) n *= d;
+        if (n == 0) return Nd4j.create(dtype, shape);
+        Pointer p = NativeOpsHolder.getInstance().getDeviceNativeOps().pointerForAddress(address);
+        long bytes = n * dtype.width();
+        p.capacity(bytes).limit(bytes);
+        DataBuffer buf = Nd4j.createBuffer(p, n, dtype);
+        if (shape.length == 0) return Nd4j.create(buf, shape, new long[0], 0, 'c', dtype);
+        long[] stride = new long[shape.length];
+        long s = 1;
+        for (int i = shape.length - 1; i >= 0; i--) {
+            stride[i] = s;
+            s *= Math.max(shape[i], 1);
+        }
+        return Nd4j.create(buf, shape, stride, 0, 'c', dtype);
+    }
+
+    /** A detached copy that nd4j owns. */
+    public static INDArray owned(INDArray a) {
+        return a.dup('c');
+    }
+
+    /**
+     * Layout of an array for a numpy view: {address of first element (0 if empty), element size,
+     * rank, shape..., strides in elements...}. Arrays in a workspace are detached first by the caller
+     * (see {@link #detached}).
+     */
+    public static long[] describe(INDArray a) {
+        int rank = a.rank();
+        long[] out = new long[3 + 2 * rank];
+        if (!a.isEmpty()) {
+            out[0] = a.data().address() + a.offset() * a.data().getElementSize();
+        }
+        out[1] = a.dataType().width();
+        out[2] = rank;
+        long[] shape = a.shape();
+        long[] stride = a.stride();
+        for (int i = 0; i < rank; i++) {
+            out[3 + i] = shape[i];
+            out[3 + rank + i] = stride[i];
+        }
+        return out;
+    }
+
+    /** The array itself if it lives outside any workspace, else a detached copy. */
+    public static INDArray detached(INDArray a) {
+        return a.isAttached() ? a.detach() : a;
+    }
+
+    // ---------------------------------------------------------------- graph building
+
+    public static SDVariable placeholder(SameDiff sd, String name, DataType dtype, long[] shape) {
+        return sd.placeHolder(name, dtype, shape);
+    }
+
+    public static SDVariable variable(SameDiff sd, String name, INDArray value) {
+        return sd.var(name, value);
+    }
+
+    public static SDVariable constant(SameDiff sd, String name, INDArray value) {
+        return sd.constant(name, value);
+    }
+
+    public static SDVariable reshape(SameDiff sd, String name, SDVariable x, long[] shape) {
+        return sd.reshape(name, x, shape);
+    }
+
+    public static SDVariable permute(SameDiff sd, String name, SDVariable x, int[] axes) {
+        return sd.permute(name, x, axes);
+    }
+
+    public static SDVariable reduce(SameDiff sd, String op, String name, SDVariable x, boolean keepDims, int[] axes) {
+        switch (op) {
+            case "sum": return sd.sum(name, x, keepDims, axes);
+            case "mean": return sd.mean(name, x, keepDims, axes);
+            case "max": return sd.max(name, x, keepDims, axes);
+            case "min": return sd.min(name, x, keepDims, axes);
+            case "prod": return sd.prod(name, x, keepDims, axes);
+            default: throw new IllegalArgumentException("unknown reduction " + op);
+        }
+    }
+
+    public static SDVariable concat(SameDiff sd, String name, int axis, SDVariable[] xs) {
+        return sd.concat(name, axis, xs);
+    }
+
+    public static SDVariable stack(SameDiff sd, String name, int axis, SDVariable[] xs) {
+        return sd.stack(name, axis, xs);
+    }
+
+    public static SDVariable stridedSlice(SameDiff sd, String name, SDVariable x, long[] begin, long[] end,
+                                          long[] strides, int beginMask, int endMask, int shrinkAxisMask) {
+        return sd.stridedSlice(name, x, begin, end, strides, beginMask, endMask, 0, 0, shrinkAxisMask);
+    }
+
+    /**
+     * {@code [..., d] @ [d, e] -> [..., e]} for any rank of x: mmul needs equal ranks, so flatten the leading
+     * axes, multiply, and restore them from x's runtime shape (leading dims may be unknown when building).
+     */
+    public static SDVariable matmulLast(SameDiff sd, String name, SDVariable x, SDVariable w, int rank, long d,
+                                        long e) {
+        SDVariable flat = sd.reshape(name + "/flat", x, -1, d);
+        SDVariable y = flat.mmul(name + "/mmul", w);
+        SDVariable lead = sd.stridedSlice(name + "/lead", sd.shape(name + "/shape", x), new long[]{0},
+                                          new long[]{rank - 1}, new long[]{1});
+        SDVariable tail = sd.constant(name + "/tail", Nd4j.createFromArray(new long[]{e}).castTo(lead.dataType()));
+        return sd.reshape(name, y, sd.concat(name + "/outshape", 0, lead, tail));
+    }
+
+    public static SDVariable gather(SameDiff sd, String name, SDVariable table, SDVariable ids, int axis) {
+        return sd.gather(name, table, ids, axis);
+    }
+
+    public static SDVariable softmax(SameDiff sd, String name, SDVariable x, int axis) {
+        return sd.nn().softmax(name, x, axis);
+    }
+
+    /** Log-softmax over the LAST axis: the overload with an explicit dimension has a broken gradient in M2.1. */
+    public static SDVariable logSoftmaxLast(SameDiff sd, String name, SDVariable x) {
+        return sd.nn().logSoftmax(name, x);
+    }
+
+    public static SDVariable oneHot(SameDiff sd, String name, SDVariable ids, int depth, DataType dtype) {
+        return sd.oneHot(name, ids, depth, -1, 1.0, 0.0, dtype);
+    }
+
+    public static SDVariable cast(SameDiff sd, String name, SDVariable x, DataType dtype) {
+        return sd.castTo(name, x, dtype);
+    }
+
+    public static SDVariable scalar(SameDiff sd, String name, DataType dtype, double value) {
+        return sd.constant(name, Nd4j.scalar(dtype, value));
+    }
+
+    // ---------------------------------------------------------------- execution
+
+    private static Map<String, INDArray> feedMap(String[] names, INDArray[] arrays) {
+        Map<String, INDArray> m = new HashMap<>();
+        for (int i = 0; i < names.length; i++) m.put(names[i], arrays[i]);
+        return m;
+    }
+
+    /** Runs the graph; outputs are detached so they survive later calls. */
+    public static INDArray[] output(SameDiff sd, String[] feedNames, INDArray[] feeds, String[] outputs) {
+        Map<String, INDArray> res = sd.output(feedMap(feedNames, feeds), outputs);
+        INDArray[] out = new INDArray[outputs.length];
+        for (int i = 0; i < outputs.length; i++) out[i] = detached(res.get(outputs[i]));
+        return out;
+    }
+
+    /**
+     * (Re)defines the gradient function: loss variables (summed) and the placeholders that need gradients.
+     * M2.1 creates the gradient function once, for trainable variables only, so a placeholder's gradient is
+     * missing unless named here; setLossVariables discards the old function. M2.1 also prints a line per
+     * differentiated op to System.out, which is silenced here.
+     */
+    public static synchronized void defineGradients(SameDiff sd, String[] losses, String[] placeholders) {
+        sd.setLossVariables(losses);
+        PrintStream out = System.out;
+        System.setOut(new PrintStream(OutputStream.nullOutputStream()));
+        try {
+            sd.createGradFunction(placeholders);
+        } finally {
+            System.setOut(out);
+        }
+    }
+
+    /** Gradients w.r.t. each named node, from the function set by {@link #defineGradients}; null = none. */
+    public static INDArray[] gradients(SameDiff sd, String[] feedNames, INDArray[] feeds, String[] wrt) {
+        Map<String, INDArray> res = sd.calculateGradients(feedMap(feedNames, feeds), wrt);
+        INDArray[] out = new INDArray[wrt.length];
+        for (int i = 0; i < wrt.length; i++) {
+            INDArray g = res.get(wrt[i]);
+            out[i] = g == null ? null : detached(g);
+        }
+        return out;
+    }
+}

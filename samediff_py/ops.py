@@ -1,0 +1,442 @@
+"""Ops on graph values: one function per op, validation at the top, the SameDiff call at the bottom.
+
+Every function takes :class:`~samediff_py.graph.Var` inputs (numbers and numpy arrays are promoted to
+constants of the other operand's dtype), an optional ``name``, and returns a new ``Var`` whose static
+``shape`` is computed here, so shape errors surface in Python while the graph is built.
+
+These ops know nothing of masks. Ops that mix time steps of padded sequences (pooling, attention, losses)
+live in :mod:`samediff_py.masked`, which refuses to run them on values whose mask it cannot see.
+
+>>> import numpy as np
+>>> from samediff_py import Graph, ops
+>>> g = Graph()
+>>> x = g.placeholder("x", (2, 3))
+>>> g.run({"x": np.array([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])}, ops.softmax(x, axis=-1)).round(3)
+array([[0.09 , 0.245, 0.665],
+       [0.333, 0.333, 0.333]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _jvm, arrays
+from .graph import Graph, Shape, Var
+
+Operand = Any  # a Var, a Python number or a numpy array
+
+
+# ---------------------------------------------------------------------------- helpers
+def _graph_of(*xs: Operand) -> Graph:
+    graphs = {id(x.graph): x.graph for x in xs if isinstance(x, Var)}
+    if not graphs:
+        raise TypeError("at least one operand must be a graph Var")
+    if len(graphs) > 1:
+        raise ValueError("operands belong to different graphs")
+    return next(iter(graphs.values()))
+
+
+def _lift(x: Operand, like: Var) -> Var:
+    """``x`` as a Var of ``like``'s graph; numbers and arrays become constants of ``like``'s dtype."""
+    if isinstance(x, Var):
+        return x
+    value = np.asarray(x)
+    if value.dtype.kind not in "biuf":
+        raise TypeError(f"cannot use {type(x).__name__} {x!r} as a graph operand")
+    return like.graph.constant(None, value.astype(like.dtype))
+
+
+def _pair(a: Operand, b: Operand) -> tuple[Var, Var]:
+    like = a if isinstance(a, Var) else b
+    if not isinstance(like, Var):
+        raise TypeError("at least one operand must be a graph Var")
+    _graph_of(a, b)
+    a, b = _lift(a, like), _lift(b, like)
+    if a.dtype != b.dtype:
+        raise TypeError(f"dtype mismatch: {a.name!r} is {a.dtype}, {b.name!r} is {b.dtype}; cast one with .astype()")
+    return a, b
+
+
+def broadcast_shapes(a: Shape, b: Shape) -> Shape:
+    """numpy broadcasting with ``None`` for unknown sizes."""
+    out: list[int | None] = []
+    for i in range(builtins.max(len(a), len(b))):
+        x = a[len(a) - 1 - i] if i < len(a) else 1
+        y = b[len(b) - 1 - i] if i < len(b) else 1
+        if x == 1:
+            out.append(y)
+        elif y == 1 or y is None:
+            out.append(x)
+        elif x is None:
+            out.append(y)
+        elif x == y:
+            out.append(x)
+        else:
+            raise ValueError(f"shapes {_fmt(a)} and {_fmt(b)} do not broadcast (axis {-1 - i}: {x} vs {y})")
+    return tuple(reversed(out))
+
+
+def _fmt(shape: Shape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _axes(x: Var, axis: int | Sequence[int] | None) -> list[int]:
+    if axis is None:
+        return list(range(x.rank))
+    items = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    out = []
+    for a in items:
+        if not -x.rank <= a < x.rank:
+            raise ValueError(f"axis {a} is out of range for {x.name!r} of rank {x.rank}")
+        out.append(int(a) % x.rank)
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated axis in {axis!r}")
+    return sorted(out)
+
+
+def _dt(dtype: Any) -> Any:
+    return _jvm.dtype_enum(arrays.ND4J_DTYPES[arrays.check_dtype(dtype)])
+
+
+def _binary(base: str, a: Operand, b: Operand, method: str, name: str | None, result_dtype=None) -> Var:
+    a, b = _pair(a, b)
+    shape = broadcast_shapes(a.shape, b.shape)
+    return a.graph.op(base, name, lambda n: getattr(a.j, method)(n, b.j), shape, result_dtype or a.dtype, (a, b))
+
+
+def _unary(base: str, x: Var, build, name: str | None) -> Var:
+    if not isinstance(x, Var):
+        raise TypeError(f"{base} expects a graph Var, got {type(x).__name__}")
+    return x.graph.op(base, name, build, x.shape, x.dtype, (x,))
+
+
+# ---------------------------------------------------------------------------- arithmetic
+def add(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """Elementwise ``a + b`` with numpy broadcasting."""
+    return _binary("add", a, b, "add", name)
+
+
+def subtract(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """Elementwise ``a - b`` with numpy broadcasting."""
+    return _binary("sub", a, b, "sub", name)
+
+
+def multiply(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """Elementwise ``a * b`` with numpy broadcasting."""
+    return _binary("mul", a, b, "mul", name)
+
+
+def divide(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """Elementwise ``a / b`` with numpy broadcasting."""
+    return _binary("div", a, b, "div", name)
+
+
+def negative(x: Var, name: str | None = None) -> Var:
+    """``-x``."""
+    return _unary("neg", x, lambda n: x.j.neg(n), name)
+
+
+def less(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """``a < b`` as a bool Var."""
+    return _binary("lt", a, b, "lt", name, np.bool_)
+
+
+def less_equal(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """``a <= b`` as a bool Var."""
+    return _binary("lte", a, b, "lte", name, np.bool_)
+
+
+def greater(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """``a > b`` as a bool Var."""
+    return _binary("gt", a, b, "gt", name, np.bool_)
+
+
+def greater_equal(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """``a >= b`` as a bool Var."""
+    return _binary("gte", a, b, "gte", name, np.bool_)
+
+
+def equal(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """``a == b`` elementwise, as a bool Var."""
+    return _binary("eq", a, b, "eq", name, np.bool_)
+
+
+def not_equal(a: Operand, b: Operand, name: str | None = None) -> Var:
+    """``a != b`` elementwise, as a bool Var."""
+    return _binary("neq", a, b, "neq", name, np.bool_)
+
+
+def matmul(a: Var, b: Var, name: str | None = None) -> Var:
+    """Matrix product. ``[m, k] @ [k, n] -> [m, n]``, or ``[..., k] @ [k, n] -> [..., n]`` for any rank of
+    ``a`` (e.g. ``[batch, time, d] @ [d, e]``), which SameDiff's ``mmul`` does not accept directly."""
+    a, b = _pair(a, b)
+    if b.rank != 2 or a.rank < 2:
+        raise ValueError(f"matmul needs a of rank >= 2 and b of rank 2, got {_fmt(a.shape)} @ {_fmt(b.shape)}")
+    k, n = b.shape
+    if a.shape[-1] is not None and k is not None and a.shape[-1] != k:
+        raise ValueError(f"matmul: inner dimensions differ: {_fmt(a.shape)} @ {_fmt(b.shape)}")
+    shape = (*a.shape[:-1], n)
+    if a.rank == 2:
+        return a.graph.op("matmul", name, lambda nm: a.j.mmul(nm, b.j), shape, a.dtype, (a, b))
+    if k is None or n is None:
+        raise ValueError("matmul of rank > 2 needs the weight's shape known when building")
+    return a.graph.op(
+        "matmul", name, lambda nm: _jvm.bridge().matmulLast(a.graph.sd, nm, a.j, b.j, a.rank, k, n), shape, a.dtype, (a, b)
+    )
+
+
+# ---------------------------------------------------------------------------- reductions
+def _reduce(op: str, x: Var, axis, keepdims: bool, name: str | None) -> Var:
+    axes = _axes(x, axis)
+    shape = tuple((1 if i in axes else d) for i, d in enumerate(x.shape) if keepdims or i not in axes)
+    return x.graph.op(
+        op, name, lambda n: _jvm.bridge().reduce(x.graph.sd, op, n, x.j, bool(keepdims), axes), shape, x.dtype, (x,)
+    )
+
+
+def sum(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, name: str | None = None) -> Var:  # noqa: A001
+    """Sum over ``axis`` (all axes if ``None``)."""
+    return _reduce("sum", x, axis, keepdims, name)
+
+
+def mean(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, name: str | None = None) -> Var:
+    """Arithmetic mean over ``axis`` (all axes if ``None``). For padded sequences use
+    :func:`samediff_py.masked.mean_pool`, which divides by the valid count."""
+    return _reduce("mean", x, axis, keepdims, name)
+
+
+def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, name: str | None = None) -> Var:  # noqa: A001
+    """Maximum over ``axis`` (all axes if ``None``)."""
+    return _reduce("max", x, axis, keepdims, name)
+
+
+def min(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, name: str | None = None) -> Var:  # noqa: A001
+    """Minimum over ``axis`` (all axes if ``None``)."""
+    return _reduce("min", x, axis, keepdims, name)
+
+
+# ---------------------------------------------------------------------------- shape ops
+def reshape(x: Var, shape: Sequence[int], name: str | None = None) -> Var:
+    """Reshape (C order); one entry may be -1. Unknown input dims must map to -1."""
+    shape = [int(s) for s in shape]
+    if negative_dims := [s for s in shape if s < 0]:
+        if len(negative_dims) > 1 or negative_dims[0] != -1:
+            raise ValueError(f"reshape: at most one -1 allowed, got {shape}")
+    known = None not in x.shape
+    if known:
+        total = int(np.prod(x.shape))
+        fixed = int(np.prod([s for s in shape if s >= 0]))
+        if -1 in shape:
+            if fixed == 0 or total % fixed:
+                raise ValueError(f"cannot reshape {_fmt(x.shape)} into {shape}")
+        elif fixed != total:
+            raise ValueError(f"cannot reshape {_fmt(x.shape)} ({total} elements) into {shape}")
+        out = tuple(total // fixed if s == -1 else s for s in shape)
+    else:
+        out = tuple(None if s == -1 else s for s in shape)
+    return x.graph.op("reshape", name, lambda n: _jvm.bridge().reshape(x.graph.sd, n, x.j, shape), out, x.dtype, (x,))
+
+
+def transpose(x: Var, axes: Sequence[int] | None = None, name: str | None = None) -> Var:
+    """Permute axes (reverse them if ``axes`` is None), like ``np.transpose``."""
+    perm = list(range(x.rank))[::-1] if axes is None else [int(a) % x.rank for a in axes]
+    if sorted(perm) != list(range(x.rank)):
+        raise ValueError(f"transpose: {axes!r} is not a permutation of {x.rank} axes")
+    shape = tuple(x.shape[p] for p in perm)
+    return x.graph.op("permute", name, lambda n: _jvm.bridge().permute(x.graph.sd, n, x.j, perm), shape, x.dtype, (x,))
+
+
+def concat(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
+    """Join along an existing axis."""
+    xs = list(xs)
+    g = _graph_of(*xs)
+    r = xs[0].rank
+    if any(v.rank != r for v in xs) or len({v.dtype for v in xs}) != 1:
+        raise ValueError("concat: all inputs need the same rank and dtype")
+    axis = axis % r
+    shape = []
+    for i in range(r):
+        dims = [v.shape[i] for v in xs]
+        if i == axis:
+            shape.append(None if None in dims else int(np.sum(dims)))
+        else:
+            known = {d for d in dims if d is not None}
+            if len(known) > 1:
+                raise ValueError(f"concat: axis {i} sizes differ: {dims}")
+            shape.append(known.pop() if known else None)
+    return g.op("concat", name, lambda n: _jvm.bridge().concat(g.sd, n, axis, [v.j for v in xs]), shape, xs[0].dtype, xs)
+
+
+def stack(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
+    """Join along a new axis."""
+    xs = list(xs)
+    g = _graph_of(*xs)
+    base = xs[0].shape
+    if any(v.shape != base or v.dtype != xs[0].dtype for v in xs):
+        raise ValueError("stack: all inputs need the same shape and dtype")
+    axis = axis % (len(base) + 1)
+    shape = (*base[:axis], len(xs), *base[axis:])
+    return g.op("stack", name, lambda n: _jvm.bridge().stack(g.sd, n, axis, [v.j for v in xs]), shape, xs[0].dtype, xs)
+
+
+def slice_(x: Var, index: Any, name: str | None = None) -> Var:
+    """Basic numpy indexing: ints, slices (any step > 0), ``...``. Used by ``x[...]``."""
+    idx = index if isinstance(index, tuple) else (index,)
+    if builtins.sum(1 for i in idx if i is Ellipsis) > 1:
+        raise IndexError("only one ... allowed")
+    if Ellipsis in idx:
+        k = idx.index(Ellipsis)
+        fill = x.rank - (len(idx) - 1)
+        idx = idx[:k] + (slice(None),) * fill + idx[k + 1 :]
+    if len(idx) > x.rank:
+        raise IndexError(f"too many indices for {x.name!r} of rank {x.rank}")
+    idx = idx + (slice(None),) * (x.rank - len(idx))
+    begin, end, strides, shape = [], [], [], []
+    begin_mask = end_mask = shrink = 0
+    for axis, (i, n) in enumerate(zip(idx, x.shape)):
+        if isinstance(i, (int, np.integer)):
+            if n is not None and not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis {axis} of size {n}")
+            begin.append(int(i))
+            end.append(int(i) + 1 if i != -1 else 0)
+            if i == -1:
+                end_mask |= 1 << axis
+            strides.append(1)
+            shrink |= 1 << axis
+        elif isinstance(i, slice):
+            step = 1 if i.step is None else int(i.step)
+            if step <= 0:
+                raise IndexError("slice steps must be positive")
+            begin.append(0 if i.start is None else int(i.start))
+            end.append(0 if i.stop is None else int(i.stop))
+            strides.append(step)
+            begin_mask |= (i.start is None) << axis
+            end_mask |= (i.stop is None) << axis
+            shape.append(len(range(*i.indices(n))) if n is not None else None)
+        else:
+            raise IndexError(f"unsupported index {i!r}: use ints, slices and ...")
+    return x.graph.op(
+        "slice",
+        name,
+        lambda nm: _jvm.bridge().stridedSlice(x.graph.sd, nm, x.j, begin, end, strides, begin_mask, end_mask, shrink),
+        tuple(shape),
+        x.dtype,
+        (x,),
+    )
+
+
+def expand_dims(x: Var, axis: int, name: str | None = None) -> Var:
+    """Insert an axis of size 1."""
+    axis = axis % (x.rank + 1)
+    shape = (*x.shape[:axis], 1, *x.shape[axis:])
+    return x.graph.op("expand_dims", name, lambda n: x.graph.sd.expandDims(n, x.j, axis), shape, x.dtype, (x,))
+
+
+def cast(x: Var, dtype: Any, name: str | None = None) -> Var:
+    """Convert to ``dtype`` (float32, float64, int32, int64, bool)."""
+    dt = arrays.check_dtype(dtype)
+    return x.graph.op("cast", name, lambda n: _jvm.bridge().cast(x.graph.sd, n, x.j, _dt(dt)), x.shape, dt, (x,))
+
+
+def one_hot(ids: Var, depth: int, dtype: Any = None, name: str | None = None) -> Var:
+    """``[...]`` integer ids -> ``[..., depth]``; ids outside ``[0, depth)`` give all-zero rows."""
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"one_hot needs integer ids, got {ids.dtype} for {ids.name!r}")
+    dt = arrays.check_dtype(ids.graph.dtype if dtype is None else dtype)
+    return ids.graph.op(
+        "one_hot", name, lambda n: _jvm.bridge().oneHot(ids.graph.sd, n, ids.j, int(depth), _dt(dt)), (*ids.shape, int(depth)), dt, (ids,)
+    )
+
+
+def embedding(ids: Var, table: Var, name: str | None = None) -> Var:
+    """Rows of ``table [vocab, d]`` for integer ``ids [...]`` -> ``[..., d]``.
+
+    Built as ``one_hot(ids) @ table`` on purpose: M2.1's ``gather`` gradient overwrites rows of repeated
+    ids instead of summing them (tests/test_ops.py shows both), so a gather embedding trains wrongly
+    whenever a token repeats in a batch. Ids outside ``[0, vocab)`` give zero vectors.
+    """
+    if table.rank != 2 or table.shape[0] is None:
+        raise ValueError(f"embedding table must be [vocab, d] with known vocab, got {_fmt(table.shape)}")
+    oh = one_hot(ids, table.shape[0], table.dtype)
+    return matmul(oh, table, name=name)
+
+
+# ---------------------------------------------------------------------------- activations
+def relu(x: Var, name: str | None = None) -> Var:
+    """``max(x, 0)``."""
+    return _unary("relu", x, lambda n: x.graph.sd.nn().relu(n, x.j, 0.0), name)
+
+
+def gelu(x: Var, name: str | None = None) -> Var:
+    """Gaussian error linear unit in SameDiff's sigmoid form: ``x * sigmoid(1.702 x)`` (not the erf form)."""
+    return _unary("gelu", x, lambda n: x.graph.sd.nn().gelu(n, x.j), name)
+
+
+def tanh(x: Var, name: str | None = None) -> Var:
+    """Hyperbolic tangent."""
+    return _unary("tanh", x, lambda n: x.graph.sd.math().tanh(n, x.j), name)
+
+
+def sigmoid(x: Var, name: str | None = None) -> Var:
+    """``1 / (1 + exp(-x))``."""
+    return _unary("sigmoid", x, lambda n: x.graph.sd.nn().sigmoid(n, x.j), name)
+
+
+def exp(x: Var, name: str | None = None) -> Var:
+    """``e ** x``."""
+    return _unary("exp", x, lambda n: x.graph.sd.math().exp(n, x.j), name)
+
+
+def log(x: Var, name: str | None = None) -> Var:
+    """Natural logarithm."""
+    return _unary("log", x, lambda n: x.graph.sd.math().log(n, x.j), name)
+
+
+def sqrt(x: Var, name: str | None = None) -> Var:
+    """Square root."""
+    return _unary("sqrt", x, lambda n: x.graph.sd.math().sqrt(n, x.j), name)
+
+
+def square(x: Var, name: str | None = None) -> Var:
+    """``x * x``."""
+    return _unary("square", x, lambda n: x.graph.sd.math().square(n, x.j), name)
+
+
+def softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
+    """``exp(x) / sum(exp(x), axis)``. For attention over padded keys use :mod:`samediff_py.masked`."""
+    (ax,) = _axes(x, axis)
+    return _unary("softmax", x, lambda n: _jvm.bridge().softmax(x.graph.sd, n, x.j, ax), name)
+
+
+def log_softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
+    """``x - log(sum(exp(x), axis))``, computed stably."""
+    (ax,) = _axes(x, axis)
+    if ax == x.rank - 1:  # fused op; M2.1's overload with an explicit axis has a broken gradient
+        return _unary("log_softmax", x, lambda n: _jvm.bridge().logSoftmaxLast(x.graph.sd, n, x.j), name)
+    shifted = subtract(x, max(x, ax, keepdims=True))  # the max's gradient cancels: log-softmax is shift-invariant
+    return subtract(shifted, log(sum(exp(shifted), ax, keepdims=True)), name=name)
+
+
+def layer_norm(
+    x: Var, axis: int | Sequence[int] = -1, gain: Var | None = None, bias: Var | None = None, eps: float = 1e-5, name: str | None = None
+) -> Var:
+    """``(x - mean) / sqrt(var + eps) * gain + bias`` with mean and (biased) variance over ``axis``.
+
+    For ``[batch, time, features]`` normalise over features (``axis=-1``): normalising over time mixes
+    padded steps into valid ones (the classic mistake that breaks pad-invariance).
+    """
+    axes = _axes(x, axis)
+    g = x.graph
+    with g.scope(g.unique_name("layer_norm", name).split("/")[-1]):
+        mu = mean(x, axes, keepdims=True, name="mean")
+        centred = subtract(x, mu, name="centred")
+        var = mean(square(centred), axes, keepdims=True, name="var")
+        y = divide(centred, sqrt(add(var, eps)), name="normed")
+        if gain is not None:
+            y = multiply(y, gain, name="scaled")
+        if bias is not None:
+            y = add(y, bias, name="shifted")
+    return y
