@@ -7,9 +7,10 @@ Rooms, bottom to top (data flows one way): ``_jvm`` (pyjnius, JVM start) -> ``ar
 Importing the package does not start the JVM; the first graph does.
 """
 
+from . import masked, ops
 from ._jvm import BackendMissing, JavaError
-from .graph import Graph, Var
-from . import ops
+from .graph import Graph, MaskError, Var
+from .masked import Masked, mask_placeholder
 
-__all__ = ["BackendMissing", "Graph", "JavaError", "Var", "ops"]
+__all__ = ["BackendMissing", "Graph", "JavaError", "MaskError", "Masked", "Var", "mask_placeholder", "masked", "ops"]
 __version__ = "0.1.0"

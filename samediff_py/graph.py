@@ -32,6 +32,10 @@ Shape = tuple[Union[int, None], ...]
 _NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
 
 
+class MaskError(ValueError):
+    """A mask is missing, malformed, inverted-looking, or would be lost by an operation."""
+
+
 @dataclass(frozen=True)
 class PlaceholderSpec:
     """What a placeholder accepts: ``dims`` may hold ints, names (e.g. ``"batch"``) or ``None``."""

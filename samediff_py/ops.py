@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _jvm, arrays
-from .graph import Graph, Shape, Var
+from .graph import Graph, MaskError, Shape, Var
 
 Operand = Any  # a Var, a Python number or a numpy array
 
@@ -39,8 +39,19 @@ def _graph_of(*xs: Operand) -> Graph:
     return next(iter(graphs.values()))
 
 
+def _plain(*xs: Any) -> None:
+    """Refuse masked values: these ops cannot see masks, and would silently count padding."""
+    for x in xs:
+        if getattr(x, "__masked__", False):
+            raise MaskError(
+                f"samediff_py.ops cannot take the masked value {x!r}: it would ignore its mask. Use the op from "
+                "samediff_py.masked, Masked.map(fn) for per-position functions, or .value to drop the mask explicitly."
+            )
+
+
 def _lift(x: Operand, like: Var) -> Var:
     """``x`` as a Var of ``like``'s graph; numbers and arrays become constants of ``like``'s dtype."""
+    _plain(x)
     if isinstance(x, Var):
         return x
     value = np.asarray(x)
@@ -50,6 +61,7 @@ def _lift(x: Operand, like: Var) -> Var:
 
 
 def _pair(a: Operand, b: Operand) -> tuple[Var, Var]:
+    _plain(a, b)
     like = a if isinstance(a, Var) else b
     if not isinstance(like, Var):
         raise TypeError("at least one operand must be a graph Var")
@@ -108,6 +120,7 @@ def _binary(base: str, a: Operand, b: Operand, method: str, name: str | None, re
 
 
 def _unary(base: str, x: Var, build, name: str | None) -> Var:
+    _plain(x)
     if not isinstance(x, Var):
         raise TypeError(f"{base} expects a graph Var, got {type(x).__name__}")
     return x.graph.op(base, name, build, x.shape, x.dtype, (x,))
@@ -190,6 +203,7 @@ def matmul(a: Var, b: Var, name: str | None = None) -> Var:
 
 # ---------------------------------------------------------------------------- reductions
 def _reduce(op: str, x: Var, axis, keepdims: bool, name: str | None) -> Var:
+    _plain(x)
     axes = _axes(x, axis)
     shape = tuple((1 if i in axes else d) for i, d in enumerate(x.shape) if keepdims or i not in axes)
     return x.graph.op(
@@ -221,6 +235,7 @@ def min(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False,
 # ---------------------------------------------------------------------------- shape ops
 def reshape(x: Var, shape: Sequence[int], name: str | None = None) -> Var:
     """Reshape (C order); one entry may be -1. Unknown input dims must map to -1."""
+    _plain(x)
     shape = [int(s) for s in shape]
     if negative_dims := [s for s in shape if s < 0]:
         if len(negative_dims) > 1 or negative_dims[0] != -1:
@@ -242,6 +257,7 @@ def reshape(x: Var, shape: Sequence[int], name: str | None = None) -> Var:
 
 def transpose(x: Var, axes: Sequence[int] | None = None, name: str | None = None) -> Var:
     """Permute axes (reverse them if ``axes`` is None), like ``np.transpose``."""
+    _plain(x)
     perm = list(range(x.rank))[::-1] if axes is None else [int(a) % x.rank for a in axes]
     if sorted(perm) != list(range(x.rank)):
         raise ValueError(f"transpose: {axes!r} is not a permutation of {x.rank} axes")
@@ -252,6 +268,7 @@ def transpose(x: Var, axes: Sequence[int] | None = None, name: str | None = None
 def concat(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
     """Join along an existing axis."""
     xs = list(xs)
+    _plain(*xs)
     g = _graph_of(*xs)
     r = xs[0].rank
     if any(v.rank != r for v in xs) or len({v.dtype for v in xs}) != 1:
@@ -273,6 +290,7 @@ def concat(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
 def stack(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
     """Join along a new axis."""
     xs = list(xs)
+    _plain(*xs)
     g = _graph_of(*xs)
     base = xs[0].shape
     if any(v.shape != base or v.dtype != xs[0].dtype for v in xs):
@@ -284,6 +302,7 @@ def stack(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
 
 def slice_(x: Var, index: Any, name: str | None = None) -> Var:
     """Basic numpy indexing: ints, slices (any step > 0), ``...``. Used by ``x[...]``."""
+    _plain(x)
     idx = index if isinstance(index, tuple) else (index,)
     if builtins.sum(1 for i in idx if i is Ellipsis) > 1:
         raise IndexError("only one ... allowed")
@@ -330,6 +349,7 @@ def slice_(x: Var, index: Any, name: str | None = None) -> Var:
 
 def expand_dims(x: Var, axis: int, name: str | None = None) -> Var:
     """Insert an axis of size 1."""
+    _plain(x)
     axis = axis % (x.rank + 1)
     shape = (*x.shape[:axis], 1, *x.shape[axis:])
     return x.graph.op("expand_dims", name, lambda n: x.graph.sd.expandDims(n, x.j, axis), shape, x.dtype, (x,))
@@ -337,6 +357,7 @@ def expand_dims(x: Var, axis: int, name: str | None = None) -> Var:
 
 def cast(x: Var, dtype: Any, name: str | None = None) -> Var:
     """Convert to ``dtype`` (float32, float64, int32, int64, bool)."""
+    _plain(x)
     dt = arrays.check_dtype(dtype)
     return x.graph.op("cast", name, lambda n: _jvm.bridge().cast(x.graph.sd, n, x.j, _dt(dt)), x.shape, dt, (x,))
 
@@ -440,3 +461,29 @@ def layer_norm(
         if bias is not None:
             y = add(y, bias, name="shifted")
     return y
+
+
+def leading_rows(table: Var, like: Var, axis: int = 1, name: str | None = None) -> Var:
+    """``table[:n]`` with ``n = like.shape[axis]`` known only at run time (e.g. positions for length T).
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> pos = g.constant("pos", np.arange(8.0).reshape(4, 2))
+    >>> x = g.placeholder("x", ("batch", "time"))
+    >>> g.run({"x": np.zeros((1, 3))}, leading_rows(pos, x))
+    array([[0., 1.],
+           [2., 3.],
+           [4., 5.]], dtype=float32)
+    """
+    _plain(table, like)
+    axis = axis % like.rank
+    shape = (like.shape[axis], *table.shape[1:])
+    return table.graph.op(
+        "leading_rows",
+        name,
+        lambda n: _jvm.bridge().leadingRows(table.graph.sd, n, table.j, like.j, axis, table.rank),
+        shape,
+        table.dtype,
+        (table, like),
+    )

@@ -158,6 +158,41 @@ public final class Bridge {
         return sd.gather(name, table, ids, axis);
     }
 
+    /**
+     * DL4J's fused multi-head attention (time LAST: q [B, nIn, Tq], k/v [B, nIn, Tk]; mask [B, Tk], 1 = keep).
+     * With {@code withWeights} it returns {output, weights [B, H, Tk, Tq]}; that form has no gradient in
+     * M2.1, so it is used for inspection only.
+     */
+    public static SDVariable[] attention(SameDiff sd, String name, SDVariable q, SDVariable k, SDVariable v,
+                                         SDVariable wq, SDVariable wk, SDVariable wv, SDVariable wo,
+                                         SDVariable mask, boolean scaled, boolean withWeights) {
+        if (!withWeights) {
+            return new SDVariable[]{sd.nn().multiHeadDotProductAttention(name, q, k, v, wq, wk, wv, wo, mask, scaled)};
+        }
+        SDVariable[] outs = new org.nd4j.linalg.api.ops.impl.transforms.custom.MultiHeadDotProductAttention(
+                sd, q, k, v, wq, wk, wv, wo, mask, scaled, true).outputVariables(name + "_pair");
+        return outs;
+    }
+
+    /**
+     * {@code table[:n]} where n = like.shape[axis] at run time: e.g. the first T rows of a position table
+     * for a batch of (unknown when building) length T.
+     */
+    public static SDVariable leadingRows(SameDiff sd, String name, SDVariable table, SDVariable like, int axis,
+                                         int tableRank) {
+        SDVariable n = sd.castTo(sd.stridedSlice(name + "/len", sd.shape(name + "/shape", like), new long[]{axis},
+                new long[]{axis + 1}, new long[]{1}), DataType.INT);
+        int[] rest = new int[tableRank - 1];
+        java.util.Arrays.fill(rest, -1);
+        SDVariable size = sd.concat(name + "/size", 0, n, sd.constant(name + "/rest", Nd4j.createFromArray(rest)));
+        SDVariable begin = sd.constant(name + "/begin", Nd4j.createFromArray(new int[tableRank]));
+        return sd.slice(name, table, begin, size);
+    }
+
+    public static SDVariable argmax(SameDiff sd, String name, SDVariable x, int axis) {
+        return sd.argmax(name, x, false, axis);
+    }
+
     public static SDVariable softmax(SameDiff sd, String name, SDVariable x, int axis) {
         return sd.nn().softmax(name, x, axis);
     }

@@ -1,0 +1,105 @@
+"""A small BERT-style transformer encoder built from masked ops: a plain Python object holding its Vars.
+
+>>> import numpy as np
+>>> from samediff_py import Graph, masked
+>>> g = Graph(seed=0)
+>>> tokens = g.placeholder("tokens", ("batch", "time"), "int32")
+>>> mask = masked.mask_placeholder(g, "mask")
+>>> enc = Encoder(g, EncoderConfig(vocab=10, d_model=8, heads=2, d_ff=16, layers=1, max_len=6))
+>>> logits = enc(tokens, mask)                       # Masked [batch, time, vocab]
+>>> g.run({"tokens": [[1, 2, 3, 0]], "mask": [[1, 1, 1, 0]]}, logits.value).shape
+(1, 4, 10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import masked, ops
+from .graph import Graph, Var
+from .masked import AttentionParams, Masked
+
+# attend(x, params) -> Masked ; norm(x, gain, bias) -> Masked. Swappable to study mistakes (see examples/).
+Attend = Callable[[Masked, AttentionParams], Masked]
+Norm = Callable[[Masked, Var, Var], Masked]
+
+
+def correct_attention(x: Masked, p: AttentionParams) -> Masked:
+    return masked.multi_head_attention(x, p)
+
+
+def correct_norm(x: Masked, gain: Var, bias: Var) -> Masked:
+    return masked.layer_norm(x, gain, bias)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    vocab: int
+    d_model: int = 32
+    heads: int = 2
+    d_ff: int = 64
+    layers: int = 2
+    max_len: int = 64
+
+
+@dataclass
+class Block:
+    """One post-norm encoder block: ``x = norm(x + attn(x)); x = norm(x + ff(x))``."""
+
+    attn: AttentionParams
+    ln1: tuple[Var, Var]
+    w1: Var
+    b1: Var
+    w2: Var
+    b2: Var
+    ln2: tuple[Var, Var]
+
+    @classmethod
+    def create(cls, g: Graph, name: str, cfg: EncoderConfig) -> Block:
+        d = cfg.d_model
+        attn = AttentionParams.create(g, f"{name}/attn", d, cfg.heads)
+        with g.scope(name):
+            ones, zeros = np.ones(d), np.zeros(d)
+            return cls(
+                attn,
+                (g.variable("ln1_gain", ones), g.variable("ln1_bias", zeros)),
+                g.variable("ff_w1", shape=(d, cfg.d_ff), init="he_uniform"),
+                g.variable("ff_b1", np.zeros(cfg.d_ff)),
+                g.variable("ff_w2", shape=(cfg.d_ff, d)),
+                g.variable("ff_b2", zeros),
+                (g.variable("ln2_gain", ones), g.variable("ln2_bias", zeros)),
+            )
+
+    def __call__(self, x: Masked, attend: Attend = correct_attention, norm: Norm = correct_norm) -> Masked:
+        x = norm(x + attend(x, self.attn), *self.ln1)
+        ff = masked.dense(masked.dense(x, self.w1, self.b1, ops.relu), self.w2, self.b2)
+        return norm(x + ff, *self.ln2)
+
+
+class Encoder:
+    """Token + position embeddings, ``layers`` blocks, and a vocabulary projection (logits)."""
+
+    def __init__(self, g: Graph, cfg: EncoderConfig, name: str = "encoder"):
+        self.graph = g
+        self.cfg = cfg
+        with g.scope(name):
+            self.tok_emb = g.variable("tok_emb", shape=(cfg.vocab, cfg.d_model), init="normal", scale=0.5)
+            self.pos_emb = g.variable("pos_emb", shape=(cfg.max_len, cfg.d_model), init="normal", scale=0.5)
+            self.out_w = g.variable("out_w", shape=(cfg.d_model, cfg.vocab))
+            self.out_b = g.variable("out_b", np.zeros(cfg.vocab))
+        self.blocks = [Block.create(g, f"{name}/block{i}", cfg) for i in range(cfg.layers)]
+
+    def embed(self, tokens: Var, mask: Var) -> Masked:
+        """``[batch, time]`` ids -> Masked ``[batch, time, d_model]`` (token + position embeddings)."""
+        x = ops.embedding(tokens, self.tok_emb)
+        pos = ops.leading_rows(self.pos_emb, tokens)  # [time, d_model], broadcast over batch
+        return Masked(x, mask) + pos
+
+    def __call__(self, tokens: Var, mask: Var, attend: Attend = correct_attention, norm: Norm = correct_norm) -> Masked:
+        h = self.embed(tokens, mask)
+        for block in self.blocks:
+            h = block(h, attend, norm)
+        return masked.dense(h, self.out_w, self.out_b)
