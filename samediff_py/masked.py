@@ -510,6 +510,46 @@ def multi_head_attention(
         return result, weights
 
 
+def unfused_attention_core(
+    q: Var, kv: Var, key_mask: Var | None, p: AttentionParams, softmax_axis: int = 2, scaled: bool = True
+) -> tuple[Var, Var]:
+    """Attention as a chain of plain ops, with DL4J's KEY-FIRST score layout ``[B, H, Tk, Tq]``.
+
+    ``softmax_axis=2`` (keys) is correct; ``3`` normalises over queries, the mistake the DL4J user's axis
+    question invites. Returns (``[B, Tq, d_out]`` output, ``[B, H, Tk, Tq]`` weights). Used as the
+    unfused reference in benchmarks and by :mod:`samediff_py.mistakes`; prefer :func:`multi_head_attention`.
+    """
+    heads, hs = p.heads, int(p.wq.shape[1])
+
+    def project(x: Var, w: Var, h: int) -> Var:  # [B, T, F] @ w[h].T -> [B, T, hs]
+        return ops.matmul(x, ops.transpose(w[h]))
+
+    per_head = []
+    for h in range(heads):
+        s = ops.batch_matmul(project(kv, p.wk, h), project(q, p.wq, h), transpose_b=True)  # [B, Tk, Tq]
+        per_head.append(s)
+    scores = ops.stack(per_head, 1)  # [B, H, Tk, Tq]
+    if scaled:
+        scores = ops.multiply(scores, 1.0 / float(np.sqrt(hs)))
+    if key_mask is not None:
+        km = ops.expand_dims(ops.expand_dims(key_mask, 1), -1)  # [B, 1, Tk, 1]
+        scores = ops.add(scores, ops.multiply(ops.subtract(km, 1.0), BIG))
+    weights = ops.softmax(scores, softmax_axis)
+    ctx = [ops.batch_matmul(weights[:, h], project(kv, p.wv, h), transpose_a=True) for h in range(heads)]
+    return ops.matmul(ops.concat(ctx, -1), p.wo), weights  # heads concatenated head-major, as DL4J does
+
+
+def multi_head_attention_unfused(query: Masked, params: AttentionParams, context: Masked | None = None) -> Masked:
+    """Same definition as :func:`multi_head_attention`, built from plain ops (for benchmarks and as an
+    independent cross-check of the fused op)."""
+    query = _require_masked(query, "multi_head_attention_unfused")
+    context = query if context is None else _require_masked(context, "multi_head_attention_unfused (context)")
+    out, _ = unfused_attention_core(query.value, context.value, context.mask, params)
+    count, _ = _counts(context.mask)
+    keep_q = ops.multiply(query.mask, ops.cast(ops.greater(count, 0.5), query.dtype))
+    return Masked(ops.multiply(out, ops.expand_dims(keep_q, -1)), query.mask)
+
+
 # ============================================================================ losses and metrics
 def _counted(mask: Var, labels: Var, ignore_label: int) -> Var:
     """1 where a position counts: mask 1 and label != ignore_label; float [batch, time]."""

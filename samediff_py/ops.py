@@ -487,3 +487,24 @@ def leading_rows(table: Var, like: Var, axis: int = 1, name: str | None = None) 
         table.dtype,
         (table, like),
     )
+
+
+def batch_matmul(a: Var, b: Var, transpose_a: bool = False, transpose_b: bool = False, name: str | None = None) -> Var:
+    """Matrix product over the last two axes, batched over the leading ones (equal ranks, equal batch
+    dims, no broadcasting): ``[..., m, k] @ [..., k, n] -> [..., m, n]``."""
+    a, b = _pair(a, b)
+    if a.rank != b.rank or a.rank < 3:
+        raise ValueError(f"batch_matmul needs equal ranks >= 3, got {_fmt(a.shape)} and {_fmt(b.shape)}")
+    m, ka = (a.shape[-1], a.shape[-2]) if transpose_a else (a.shape[-2], a.shape[-1])
+    kb, n = (b.shape[-1], b.shape[-2]) if transpose_b else (b.shape[-2], b.shape[-1])
+    if ka is not None and kb is not None and ka != kb:
+        raise ValueError(f"batch_matmul: inner dimensions differ ({ka} vs {kb})")
+    lead = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return a.graph.op(
+        "batch_matmul",
+        name,
+        lambda nm: _jvm.bridge().batchMatmul(a.graph.sd, nm, a.j, b.j, bool(transpose_a), bool(transpose_b)),
+        (*lead, m, n),
+        a.dtype,
+        (a, b),
+    )

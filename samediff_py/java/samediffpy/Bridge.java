@@ -189,6 +189,12 @@ public final class Bridge {
         return sd.slice(name, table, begin, size);
     }
 
+    /** Batched matrix product over the last two axes (equal ranks, equal batch dims). */
+    public static SDVariable batchMatmul(SameDiff sd, String name, SDVariable a, SDVariable b, boolean transposeA,
+                                         boolean transposeB) {
+        return sd.mmul(name, a, b, transposeA, transposeB, false);
+    }
+
     public static SDVariable argmax(SameDiff sd, String name, SDVariable x, int axis) {
         return sd.argmax(name, x, false, axis);
     }
