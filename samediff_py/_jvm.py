@@ -7,6 +7,10 @@ every jar in ``jars/`` plus the compiled bridge (``jars/classes``); options come
 - ``SAMEDIFF_PY_HEAP``: maximum heap, e.g. ``4g`` (default ``4g``); nd4j keeps arrays off-heap, so
   ``SAMEDIFF_PY_OFFHEAP`` (default ``16g``) bounds that (``-Dorg.bytedeco.javacpp.maxbytes``).
 - ``SAMEDIFF_PY_JVM_OPTS``: further options, split on whitespace.
+- ``SAMEDIFF_PY_THREADS``: OpenMP threads for nd4j's native ops (default: ``OMP_NUM_THREADS`` if set, else 1).
+  One thread is the default because the graphs this library targets are many small ops: with 2 threads,
+  libnd4j's OpenMP barriers made an MLM training step 3-10x slower whenever the other core was busy
+  (measured; see bench/RESULTS.md).
 
 Java exceptions become :class:`JavaError` carrying the Java class and message.
 """
@@ -79,6 +83,9 @@ def _jnius() -> Any:
     import jnius_config
 
     if "jnius" not in sys.modules and not jnius_config.vm_running:
+        # read by libnd4j's OpenMP runtime when the native library loads, i.e. after this point
+        threads = os.environ.get("SAMEDIFF_PY_THREADS") or os.environ.get("OMP_NUM_THREADS") or "1"
+        os.environ["OMP_NUM_THREADS"] = threads
         heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
         offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP", "16g")
         jnius_config.add_options(

@@ -195,6 +195,12 @@ public final class Bridge {
         return sd.mmul(name, a, b, transposeA, transposeB, false);
     }
 
+    /** libnd4j's fused layer norm over {@code dims} (channels last): no epsilon in M2.1. */
+    public static SDVariable layerNorm(SameDiff sd, String name, SDVariable x, SDVariable gain, SDVariable bias,
+                                       int[] dims) {
+        return sd.nn().layerNorm(name, x, gain, bias, false, dims);
+    }
+
     public static SDVariable argmax(SameDiff sd, String name, SDVariable x, int axis) {
         return sd.argmax(name, x, false, axis);
     }
@@ -221,6 +227,15 @@ public final class Bridge {
     }
 
     // ---------------------------------------------------------------- execution
+
+    /** Records every op execution to a Chrome-trace JSON file (SameDiff's ProfilingListener); null path stops. */
+    public static void profile(SameDiff sd, String path) {
+        sd.setListeners(new org.nd4j.autodiff.listeners.Listener[0]);
+        if (path != null) {
+            sd.addListeners(new org.nd4j.autodiff.listeners.profiler.ProfilingListener.Builder(new java.io.File(path))
+                    .recordAll().build());
+        }
+    }
 
     private static Map<String, INDArray> feedMap(String[] names, INDArray[] arrays) {
         Map<String, INDArray> m = new HashMap<>();
