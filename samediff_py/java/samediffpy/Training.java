@@ -1,0 +1,299 @@
+package samediffpy;
+
+import java.io.File;
+import java.io.IOException;
+import java.nio.channels.FileChannel;
+import java.nio.file.StandardOpenOption;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+
+import org.nd4j.autodiff.listeners.At;
+import org.nd4j.autodiff.listeners.BaseListener;
+import org.nd4j.autodiff.listeners.Operation;
+import org.nd4j.autodiff.samediff.SDVariable;
+import org.nd4j.autodiff.samediff.SameDiff;
+import org.nd4j.autodiff.samediff.TrainingConfig;
+import org.nd4j.autodiff.samediff.VariableType;
+import org.nd4j.autodiff.samediff.internal.SameDiffOp;
+import org.nd4j.autodiff.samediff.internal.Variable;
+import org.nd4j.evaluation.IEvaluation;
+import org.nd4j.linalg.api.buffer.DataType;
+import org.nd4j.linalg.api.ndarray.INDArray;
+import org.nd4j.linalg.api.ops.OpContext;
+import org.nd4j.linalg.dataset.MultiDataSet;
+import org.nd4j.linalg.factory.Nd4j;
+import org.nd4j.linalg.learning.config.Adam;
+import org.nd4j.linalg.learning.config.IUpdater;
+import org.nd4j.linalg.learning.config.Nesterovs;
+import org.nd4j.linalg.learning.config.RmsProp;
+import org.nd4j.linalg.learning.config.Sgd;
+
+/**
+ * Training entry points for samediff_py (train.py). Every public method has exactly one signature.
+ *
+ * One training step is one call: {@link #step} wraps the numpy feed buffers (no copy), runs
+ * {@code sd.fit(MultiDataSet)} and returns the loss value that the step's own forward pass produced
+ * (recorded by {@link LossRecorder}), i.e. the loss at the weights before the update.
+ */
+public final class Training {
+    private Training() {}
+
+    /** Name of the UTF-8 constant that carries samediff_py's JSON metadata inside the FlatBuffers file. */
+    public static final String META = "samediff_py.meta";
+
+    /**
+     * Records the value of one variable each time an op produces it during training. M2.1's own loss
+     * reporting (History / Loss) can be stuck at 0, so this reads the real activation.
+     */
+    public static final class LossRecorder extends BaseListener {
+        private final String loss;
+        private double value = Double.NaN;
+        private long count;
+
+        public LossRecorder(String loss) {
+            this.loss = loss;
+        }
+
+        @Override
+        public boolean isActive(Operation operation) {
+            return operation == Operation.TRAINING;
+        }
+
+        @Override
+        public void opExecution(SameDiff sd, At at, org.nd4j.linalg.dataset.api.MultiDataSet batch, SameDiffOp op,
+                                OpContext opContext, INDArray[] outputs) {
+            List<String> outs = op.getOutputsOfOp();
+            for (int i = 0; i < outs.size() && i < outputs.length; i++) {
+                if (loss.equals(outs.get(i))) {
+                    value = outputs[i].sumNumber().doubleValue();
+                    count++;
+                }
+            }
+        }
+    }
+
+    /** One trainer's state on the JVM: the graph, feed order/dtypes and the loss recorder. */
+    public static final class Session {
+        final SameDiff sd;
+        final String[] features;
+        final DataType[] dtypes;
+        final LossRecorder recorder;
+
+        Session(SameDiff sd, String[] features, String loss) {
+            this.sd = sd;
+            this.features = features;
+            this.dtypes = new DataType[features.length];
+            for (int i = 0; i < features.length; i++) dtypes[i] = sd.getVariable(features[i]).dataType();
+            this.recorder = new LossRecorder(loss);
+        }
+    }
+
+    /**
+     * The updater {@code name} (adam, sgd, nesterov, rmsprop) with hyper-parameters
+     * {@code h = {lr, momentum, beta1, beta2, epsilon, rmsDecay}}.
+     */
+    public static IUpdater updater(String name, double[] h) {
+        switch (name) {
+            case "adam": return new Adam(h[0], h[2], h[3], h[4]);
+            case "sgd": return new Sgd(h[0]);
+            case "nesterov": return new Nesterovs(h[0], h[1]);
+            case "rmsprop": return new RmsProp(h[0], h[5], h[4]);
+            default: throw new IllegalArgumentException("unknown updater " + name);
+        }
+    }
+
+    /**
+     * A training session. If {@code reuseConfig} and the graph already has a TrainingConfig (e.g. loaded with
+     * its updater state), that config and state are kept; otherwise a new config is set (fresh updater state).
+     */
+    public static Session session(SameDiff sd, String loss, String[] features, String updater, double[] hyper,
+                                  double l2, double weightDecay, boolean reuseConfig) {
+        TrainingConfig old = sd.getTrainingConfig();
+        if (!(reuseConfig && old != null)) {
+            TrainingConfig.Builder b = new TrainingConfig.Builder()
+                    .updater(updater(updater, hyper))
+                    .dataSetFeatureMapping(features)
+                    .markLabelsUnused();
+            if (l2 > 0) b.l2(l2);
+            if (weightDecay > 0) b.weightDecay(weightDecay, true);
+            sd.setTrainingConfig(b.build());
+        } else if (!old.getDataSetFeatureMapping().equals(java.util.Arrays.asList(features))) {
+            throw new IllegalStateException("the saved TrainingConfig feeds " + old.getDataSetFeatureMapping()
+                    + " but this loss needs " + java.util.Arrays.asList(features));
+        }
+        requireDuringTraining(sd.getTrainingConfig(), loss);
+        return new Session(sd, features, loss);
+    }
+
+    /**
+     * M2.1's training pass computes only what the gradients need, and the loss op itself is not needed (the
+     * gradient of mean/sum does not read its output), so its value never exists; listeners' requiredVariables
+     * are collected but not passed on. The one hook TrainingSession honours is the key set of the config's
+     * train evaluations: registering the loss there with no evaluations makes the pass compute it (one extra
+     * op) without evaluating anything. The matching label index keeps HistoryListener's check happy; it is
+     * never read because fit(MultiDataSet) does not start an epoch.
+     */
+    static void requireDuringTraining(TrainingConfig c, String loss) {
+        if (c.getTrainEvaluations() == null) c.setTrainEvaluations(new HashMap<>());
+        if (c.getTrainEvaluationLabels() == null) c.setTrainEvaluationLabels(new HashMap<>());
+        c.getTrainEvaluations().putIfAbsent(loss, new ArrayList<>());
+        c.getTrainEvaluationLabels().putIfAbsent(loss, 0);
+    }
+
+    /** Undoes {@link #requireDuringTraining} for entries without evaluations (before saving). */
+    static List<String> releaseDuringTraining(TrainingConfig c) {
+        List<String> removed = new ArrayList<>();
+        if (c == null || c.getTrainEvaluations() == null) return removed;
+        for (String k : new ArrayList<>(c.getTrainEvaluations().keySet())) {
+            List<IEvaluation> evals = c.getTrainEvaluations().get(k);
+            if (evals == null || evals.isEmpty()) {
+                c.getTrainEvaluations().remove(k);
+                if (c.getTrainEvaluationLabels() != null) c.getTrainEvaluationLabels().remove(k);
+                removed.add(k);
+            }
+        }
+        return removed;
+    }
+
+    /**
+     * One training step on feeds given as C-contiguous native buffers (numpy memory, not copied):
+     * {@code addresses[i]} is feed i's first byte; {@code shapes} holds, per feed, its rank then its dims.
+     * Returns the loss the step's forward pass produced (before the update); NaN if it was not seen.
+     */
+    public static double step(Session s, long[] addresses, long[] shapes) {
+        INDArray[] feats = new INDArray[s.features.length];
+        int p = 0;
+        for (int i = 0; i < feats.length; i++) {
+            int rank = (int) shapes[p++];
+            long[] shape = new long[rank];
+            for (int d = 0; d < rank; d++) shape[d] = shapes[p++];
+            feats[i] = Bridge.wrap(addresses[i], s.dtypes[i], shape);
+        }
+        s.recorder.value = Double.NaN;
+        s.sd.fit(new MultiDataSet(feats, new INDArray[0]), s.recorder);
+        return s.recorder.value;
+    }
+
+    /** Same as {@link #step} with INDArray feeds (used by the plain-Java benchmark and tests). */
+    public static double stepArrays(Session s, INDArray[] feats) {
+        s.recorder.value = Double.NaN;
+        s.sd.fit(new MultiDataSet(feats, new INDArray[0]), s.recorder);
+        return s.recorder.value;
+    }
+
+    /** How many times the recorder saw the loss (a test checks it is exactly once per step). */
+    public static long lossCount(Session s) {
+        return s.recorder.count;
+    }
+
+    /** Sets the learning rate used from the next step on (shared by every parameter's updater). */
+    public static void setLearningRate(SameDiff sd, double lr) {
+        sd.getTrainingConfig().getUpdater().setLrAndSchedule(lr, null);
+    }
+
+    /** Current learning rate of the graph's updater (NaN without a TrainingConfig). */
+    public static double learningRate(SameDiff sd) {
+        TrainingConfig c = sd.getTrainingConfig();
+        return c == null ? Double.NaN : c.getUpdater().getLearningRate(c.getIterationCount(), c.getEpochCount());
+    }
+
+    /** Training iterations done so far (0 without a TrainingConfig). */
+    public static long iterationCount(SameDiff sd) {
+        TrainingConfig c = sd.getTrainingConfig();
+        return c == null ? 0 : c.getIterationCount();
+    }
+
+    // ---------------------------------------------------------------- save / load
+
+    /** Stores (or replaces) the metadata JSON as a UTF-8 constant named {@link #META}. */
+    public static void setMeta(SameDiff sd, String json) {
+        INDArray a = Nd4j.create(json);
+        if (sd.hasVariable(META)) {
+            sd.getVariable(META).setArray(a);
+        } else {
+            sd.constant(META, a);
+        }
+    }
+
+    /** The metadata JSON, or null if the graph has none (not saved by samediff_py). */
+    public static String getMeta(SameDiff sd) {
+        if (!sd.hasVariable(META)) return null;
+        INDArray a = sd.getVariable(META).getArr();
+        if (a == null || a.dataType() != DataType.UTF8) return null;
+        return a.getString(0);
+    }
+
+    /** Writes the FlatBuffers file to {@code path} and forces it to disk (the caller renames it into place). */
+    public static void saveSynced(SameDiff sd, String path, boolean updaterState) throws IOException {
+        File f = new File(path);
+        // The file must train like any DL4J model in plain Java (fit(iterator, epochs) would read label 0 for
+        // the loss "evaluation"), so the loss hook is taken out for the save and put back after.
+        TrainingConfig c = sd.getTrainingConfig();
+        List<String> hooks = releaseDuringTraining(c);
+        try {
+            sd.save(f, updaterState);
+        } finally {
+            for (String h : hooks) requireDuringTraining(c, h);
+        }
+        try (FileChannel ch = FileChannel.open(f.toPath(), StandardOpenOption.WRITE)) {
+            ch.force(true);
+        }
+    }
+
+    /** Loads a FlatBuffers file; any failure becomes an IOException carrying the original cause. */
+    public static SameDiff load(String path, boolean updaterState) throws IOException {
+        try {
+            SameDiff sd = SameDiff.load(new File(path), updaterState);
+            if (sd == null) throw new IOException("SameDiff.load returned null");
+            return sd;
+        } catch (IOException e) {
+            throw e;
+        } catch (Throwable t) {  // corrupt files throw IndexOutOfBounds, IllegalArgument, NPE...
+            throw new IOException(t.getClass().getName() + ": " + t.getMessage(), t);
+        }
+    }
+
+    /**
+     * One row per variable: {@code name \t kind \t dtype \t shape(comma sep, -1 unknown, "" scalar, "?" unknown
+     * rank) \t inputs of its producing op (comma sep)}.
+     */
+    public static String[] describe(SameDiff sd) {
+        List<String> rows = new ArrayList<>();
+        for (SDVariable v : sd.variables()) {
+            String name = v.name();
+            if (META.equals(name)) continue;
+            VariableType t = v.getVariableType();
+            StringBuilder shape = new StringBuilder();
+            long[] sh = null;
+            if (t == VariableType.VARIABLE || t == VariableType.CONSTANT) {
+                INDArray a = v.getArr();
+                if (a != null) sh = a.shape();
+            } else if (t == VariableType.PLACEHOLDER) {
+                sh = v.placeholderShape();
+            }
+            if (sh == null) {
+                shape.append('?');
+            } else {
+                for (int i = 0; i < sh.length; i++) {
+                    if (i > 0) shape.append(',');
+                    shape.append(sh[i]);
+                }
+            }
+            StringBuilder inputs = new StringBuilder();
+            Variable meta = sd.getVariables().get(name);
+            String opName = meta == null ? null : meta.getOutputOfOp();
+            if (opName != null) {
+                SameDiffOp op = sd.getOps().get(opName);
+                if (op != null && op.getInputsToOp() != null) {
+                    for (String in : op.getInputsToOp()) {
+                        if (inputs.length() > 0) inputs.append(',');
+                        inputs.append(in);
+                    }
+                }
+            }
+            rows.add(name + "\t" + t.name() + "\t" + v.dataType().name() + "\t" + shape + "\t" + inputs);
+        }
+        return rows.toArray(new String[0]);
+    }
+}

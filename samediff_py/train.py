@@ -1,0 +1,748 @@
+"""The training room: fit loops, honest loss, dropout that trains, progress, checkpoints that never lose data.
+
+Training runs on the JVM: one call per batch (``samediffpy.Training.step``) wraps the numpy feed buffers
+without copying, runs SameDiff's own training step (``sd.fit(MultiDataSet)``: forward, autodiff, updater)
+and returns the value the loss variable had in that step's forward pass, i.e. at the weights *before* the
+update. M2.1's own reported loss can be stuck at 0, so it is never used.
+
+>>> import numpy as np
+>>> from samediff_py import Graph, ops, train
+>>> g = Graph(seed=0)
+>>> x, y = g.placeholder("x", ("batch", 2)), g.placeholder("y", ("batch", 1))
+>>> w = g.variable("w", np.zeros((2, 1), np.float32))
+>>> loss = ops.mean(ops.square(x @ w - y), name="loss")
+>>> xs = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+>>> data = {"x": xs, "y": xs @ np.array([[2.0], [-1.0]], np.float32)}
+>>> trainer = train.Trainer(g, loss, updater="sgd", lr=0.1)
+>>> hist = trainer.fit(data, epochs=20, batch_size=16, progress=False)
+>>> bool(hist.epoch_losses[-1] < 0.01 * hist.epoch_losses[0])
+True
+>>> np.round(g.get_value("w").ravel(), 2)
+array([ 2., -1.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from . import _jvm, arrays, ops
+from .graph import Graph, PlaceholderSpec, Var
+
+FORMAT = "samediff_py/1"
+DROPOUT_KEY = "train.dropout"  # graph.meta entry: keep-mask placeholder name -> {"rate", "dims"}
+TRAINER_KEY = "train.trainer"  # graph.meta entry: the last Trainer's configuration
+UPDATERS = ("adam", "sgd", "nesterov", "rmsprop")
+
+Feeds = Mapping[str, Any]
+Data = Union[Mapping[str, Any], Iterable[Feeds], Callable[[int], Iterable[Feeds]]]
+
+
+class ModelFileError(OSError):
+    """A model file cannot be read or written: missing, truncated, corrupt, or not a SameDiff model.
+
+    Attributes:
+        path: the file.
+        reason: what went wrong (for Java failures: the Java exception class and message).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _training() -> Any:
+    return _jvm.jclass("samediffpy.Training")
+
+
+# ============================================================================ dropout
+def dropout(x: Var, rate: float, name: str, noise_shape: Sequence[int | str] | None = None) -> Var:
+    """Inverted dropout that trains: ``x * keep`` where ``keep`` is the placeholder ``<name>/keep``.
+
+    M2.1's dropout ops have no gradient, so the mask is an input. :meth:`Trainer.fit` fills it with
+    Bernoulli(1 - rate) / (1 - rate) draws (seeded); :meth:`Trainer.evaluate`, :meth:`Trainer.predict` and
+    :func:`feed_inference` fill it with ones. ``noise_shape`` (default: ``x.shape`` with an unknown leading
+    axis named ``"batch"``) may use 1 to share a draw along an axis, and names of placeholder dimensions
+    (e.g. ``"time"``) for sizes known only when fed; ``"batch"`` always resolves to the feeds' leading size.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x = g.placeholder("x", ("batch", 3))
+    >>> y = dropout(x, 0.5, "drop")
+    >>> g.placeholders["drop/keep"].dims
+    ('batch', 3)
+    >>> g.run(feed_inference(g, {"x": np.ones((2, 3))}), y)
+    array([[1., 1., 1.],
+           [1., 1., 1.]], dtype=float32)
+    """
+    if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"dropout needs a float input, {x.name!r} is {x.dtype}")
+    if noise_shape is None:
+        dims: list[int | str] = []
+        for axis, d in enumerate(x.shape):
+            if d is None and axis == 0:
+                dims.append("batch")
+            elif d is None:
+                raise ValueError(
+                    f"dropout {name!r}: axis {axis} of {x.name!r} has no static size; pass noise_shape with the "
+                    "name of the placeholder dimension it comes from (e.g. ('batch', 'time', 1))"
+                )
+            else:
+                dims.append(int(d))
+    else:
+        dims = [d if isinstance(d, str) else int(d) for d in noise_shape]
+        if len(dims) != x.rank:
+            raise ValueError(f"dropout {name!r}: noise_shape {tuple(dims)} must have rank {x.rank}")
+    g = x.graph
+    keep = g.placeholder(f"{name}/keep", tuple(dims), x.dtype)
+    g.meta.setdefault(DROPOUT_KEY, {})[keep.name] = {"rate": float(rate), "dims": dims}
+    return ops.multiply(x, keep, name=name)
+
+
+def _dim_size(graph: Graph, feeds: Mapping[str, np.ndarray], dim: int | str) -> int:
+    if isinstance(dim, int):
+        return dim
+    for spec in graph.placeholders.values():
+        if spec.name in feeds and dim in spec.dims:
+            return int(np.shape(feeds[spec.name])[spec.dims.index(dim)])
+    if dim == "batch":
+        for a in feeds.values():
+            if np.ndim(a):
+                return int(np.shape(a)[0])
+    raise ValueError(f"cannot size dropout dimension {dim!r}: no fed placeholder has a dimension of that name")
+
+
+def _dropout_masks(
+    graph: Graph, names: Iterable[str], feeds: Mapping[str, np.ndarray], rng: np.random.Generator | None
+) -> dict[str, np.ndarray]:
+    """Keep-masks for ``names``: scaled Bernoulli draws with ``rng``, ones without."""
+    out = {}
+    specs = graph.meta.get(DROPOUT_KEY, {})
+    for n in names:
+        spec = specs[n]
+        shape = tuple(_dim_size(graph, feeds, d) for d in spec["dims"])
+        dt = graph.placeholders[n].dtype
+        if rng is None or spec["rate"] == 0.0:
+            out[n] = np.ones(shape, dt)
+        else:
+            p = 1.0 - spec["rate"]
+            out[n] = (rng.random(shape) < p).astype(dt) * dt.type(1.0 / p)
+    return out
+
+
+def feed_inference(graph: Graph, feeds: Feeds) -> dict[str, Any]:
+    """``feeds`` plus all-ones keep-masks for every dropout of ``graph`` not fed already (dropout off)."""
+    missing = [n for n in graph.meta.get(DROPOUT_KEY, {}) if n not in feeds and n in graph.placeholders]
+    out = dict(feeds)
+    out.update(_dropout_masks(graph, missing, {k: np.asarray(v) for k, v in feeds.items()}, None))
+    return out
+
+
+# ============================================================================ callbacks, history
+class Callback:
+    """Base class for fit callbacks (any object with these optional methods works too).
+
+    ``on_step_end(step, logs)`` runs after every training step (``logs``: ``loss``, ``epoch``, ``lr``);
+    ``on_epoch_end(epoch, logs)`` after every epoch (``logs``: ``loss``, ``time``, ``samples_per_sec`` and
+    ``val_*`` entries when validating). Either may return True to stop training.
+    """
+
+    def on_step_end(self, step: int, logs: dict[str, float]) -> bool | None:
+        return None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool | None:
+        return None
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` (an epoch log key, e.g. ``"loss"`` or ``"val_loss"``) has not improved by more
+    than ``min_delta`` for ``patience`` epochs.
+
+    >>> es = EarlyStopping(patience=2)
+    >>> [es.on_epoch_end(e, {"loss": v}) for e, v in enumerate([3.0, 2.0, 2.5, 2.1, 1.0])]
+    [False, False, False, True, False]
+    >>> es.best, es.best_epoch
+    (1.0, 4)
+    """
+
+    def __init__(self, patience: int = 3, monitor: str = "loss", min_delta: float = 0.0, mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError("mode must be 'min' or 'max'")
+        self.patience, self.monitor, self.min_delta, self.mode = int(patience), monitor, float(min_delta), mode
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = -1
+        self.wait = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+        if self.monitor not in logs:
+            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, not in the epoch logs {sorted(logs)}")
+        value = float(logs[self.monitor])
+        better = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        if better:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+
+@dataclass
+class History:
+    """What :meth:`Trainer.fit` measured. Losses are real values of the loss variable, one per step, each at
+    the weights before that step's update; an epoch's loss is the sample-weighted mean of its steps."""
+
+    step_losses: list[float] = field(default_factory=list)
+    step_samples: list[int] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+    epoch_times: list[float] = field(default_factory=list)
+    epoch_logs: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_losses)
+
+    @property
+    def samples_per_sec(self) -> float:
+        t = sum(self.epoch_times)
+        return sum(self.step_samples) / t if t > 0 else float("nan")
+
+    @property
+    def steps_per_sec(self) -> float:
+        t = sum(self.epoch_times)
+        return self.steps / t if t > 0 else float("nan")
+
+
+# ============================================================================ batching
+def _rows(feeds: Mapping[str, Any]) -> int:
+    for a in feeds.values():
+        if np.ndim(a):
+            return int(np.shape(a)[0])
+    return 1
+
+
+def _batches(
+    data: Data, epoch: int, batch_size: int | None, shuffle: bool, rng: np.random.Generator
+) -> tuple[Iterable[Feeds], int | None]:
+    """The batches of one epoch, and how many (None if unknown)."""
+    if isinstance(data, Mapping):
+        arrs = {k: np.asarray(v) for k, v in data.items()}
+        sizes = {k: a.shape[0] if a.ndim else None for k, a in arrs.items()}
+        n_set = {s for s in sizes.values() if s is not None}
+        if len(n_set) != 1:
+            raise ValueError(f"arrays must share their leading (batch) size, got {sizes}")
+        n = n_set.pop()
+        bs = n if batch_size is None else int(batch_size)
+        if bs <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        order = rng.permutation(n) if shuffle else None
+        count = (n + bs - 1) // bs
+
+        def gen() -> Iterable[Feeds]:
+            for start in range(0, n, bs):
+                if order is None:
+                    yield {k: (a[start : start + bs] if a.ndim else a) for k, a in arrs.items()}
+                else:
+                    idx = order[start : start + bs]
+                    yield {k: (a[idx] if a.ndim else a) for k, a in arrs.items()}
+
+        return gen(), count
+    if callable(data):
+        return data(epoch), None
+    if iter(data) is data and epoch > 0:  # type: ignore[arg-type]
+        raise ValueError(
+            "data is a one-shot iterator and was used up by the first epoch: pass a list of batches, a dict of "
+            "arrays, or a callable epoch -> iterable of batches"
+        )
+    return data, (len(data) if hasattr(data, "__len__") else None)  # type: ignore[arg-type]
+
+
+def _progress(enabled: bool | None, total: int | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    on = sys.stderr.isatty() if enabled is None else bool(enabled)
+    return tqdm(total=total, desc=desc, unit="batch", disable=not on, leave=False, mininterval=0.25)
+
+
+# ============================================================================ trainer
+class Trainer:
+    """Trains the scalar ``loss`` of ``graph`` on the JVM, feeding every placeholder the loss needs.
+
+    Args:
+        graph: the graph; ``loss`` a scalar Var (or its name) of it.
+        updater: ``"adam"``, ``"sgd"``, ``"nesterov"`` (SGD with Nesterov momentum; M2.1 has no plain
+            momentum) or ``"rmsprop"``; ``lr`` its learning rate, ``momentum`` (nesterov), ``beta1``,
+            ``beta2``, ``epsilon`` (adam, rmsprop), ``rms_decay`` (rmsprop).
+        l2: L2 penalty coefficient (added to the gradient before the updater); ``weight_decay``: decoupled
+            weight decay, multiplied by the learning rate, applied after the updater.
+        schedule: ``step -> learning rate`` (global step count, from 0), applied before each step.
+        reuse_state: keep the TrainingConfig and updater state already in the graph (a loaded checkpoint);
+            see :meth:`restore`.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        loss: Var | str,
+        updater: str = "adam",
+        lr: float = 1e-3,
+        *,
+        momentum: float = 0.9,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        epsilon: float = 1e-8,
+        rms_decay: float = 0.95,
+        l2: float = 0.0,
+        weight_decay: float = 0.0,
+        schedule: Callable[[int], float] | None = None,
+        reuse_state: bool = False,
+    ):
+        if updater not in UPDATERS:
+            raise ValueError(f"unknown updater {updater!r}: use one of {', '.join(UPDATERS)}")
+        self.graph = graph
+        self.loss = graph._as_var(loss)
+        if any(d != 1 for d in self.loss.shape if d is not None) or None in self.loss.shape:
+            raise ValueError(f"the loss must be a scalar, {self.loss.name!r} has shape {self.loss.shape}")
+        if self.loss.dtype.kind != "f":
+            raise TypeError(f"the loss must be floating point, {self.loss.name!r} is {self.loss.dtype}")
+        self.schedule = schedule
+        self.config = {
+            "loss": self.loss.name,
+            "updater": updater,
+            "lr": float(lr),
+            "momentum": float(momentum),
+            "beta1": float(beta1),
+            "beta2": float(beta2),
+            "epsilon": float(epsilon),
+            "rms_decay": float(rms_decay),
+            "l2": float(l2),
+            "weight_decay": float(weight_decay),
+        }
+        self.need = sorted(graph.needed_placeholders([self.loss]))
+        drops = graph.meta.get(DROPOUT_KEY, {})
+        self.dropouts = [n for n in self.need if n in drops]
+        self.inputs = [n for n in self.need if n not in drops]
+        graph.define_gradients([self.loss])
+        hyper = [lr, momentum, beta1, beta2, epsilon, rms_decay]
+        with _jvm.java_errors():
+            self._session = _training().session(
+                graph.sd, self.loss.name, self.need, updater, hyper, float(l2), float(weight_decay), bool(reuse_state)
+            )
+        self._lr = float(lr) if not reuse_state else self.learning_rate
+        graph.meta[TRAINER_KEY] = dict(self.config)
+
+    @classmethod
+    def restore(cls, graph: Graph, schedule: Callable[[int], float] | None = None) -> Trainer:
+        """A Trainer for a graph from :func:`load`, with the saved configuration, step count and (if saved)
+        updater state, so training continues where it stopped."""
+        cfg = graph.meta.get(TRAINER_KEY)
+        if cfg is None:
+            raise ValueError("this graph carries no trainer configuration (saved before any Trainer was made)")
+        cfg = dict(cfg)
+        return cls(graph, cfg.pop("loss"), schedule=schedule, reuse_state=True, **cfg)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def iterations(self) -> int:
+        """Training steps done on this graph so far (saved with the model)."""
+        with _jvm.java_errors():
+            return int(_training().iterationCount(self.graph.sd))
+
+    @property
+    def learning_rate(self) -> float:
+        with _jvm.java_errors():
+            return float(_training().learningRate(self.graph.sd))
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Learning rate from the next step on."""
+        with _jvm.java_errors():
+            _training().setLearningRate(self.graph.sd, float(lr))
+        self._lr = float(lr)
+
+    # ------------------------------------------------------------------ one step
+    def _train_feeds(self, feeds: Feeds, rng: np.random.Generator) -> list[np.ndarray]:
+        checked = self.graph.check_feeds(feeds, self.inputs)
+        if self.dropouts:
+            checked.update(_dropout_masks(self.graph, self.dropouts, checked, rng))
+        out = []
+        for n in self.need:
+            a = checked[n]
+            out.append(a if a.flags.c_contiguous else a.copy(order="C"))
+        return out
+
+    def step(self, feeds: Feeds, rng: np.random.Generator | None = None) -> float:
+        """One training step on one batch; returns the loss at the weights before the update."""
+        arrs = self._train_feeds(feeds, rng if rng is not None else np.random.default_rng())
+        return self._step(arrs)
+
+    def _step(self, arrs: list[np.ndarray]) -> float:
+        if self.schedule is not None:
+            lr = float(self.schedule(self.iterations))
+            if lr != self._lr:
+                self.set_learning_rate(lr)
+        shapes: list[int] = []
+        for a in arrs:
+            shapes.append(a.ndim)
+            shapes.extend(a.shape)
+        with _jvm.java_errors():  # arrs stays referenced until the call returns: the JVM reads their memory
+            return float(_training().step(self._session, [a.ctypes.data for a in arrs], shapes))
+
+    # ------------------------------------------------------------------ loops
+    def fit(
+        self,
+        data: Data,
+        epochs: int = 1,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        callbacks: Sequence[Any] = (),
+        progress: bool | None = None,
+        validation: Data | None = None,
+        validation_metrics: Mapping[str, Any] | None = None,
+    ) -> History:
+        """Train for ``epochs`` over ``data``: a dict of arrays batched along axis 0 (``batch_size``,
+        ``shuffle`` with ``seed``), any re-iterable of feed dicts (list of batches), or a callable
+        ``epoch -> iterable of feed dicts``. Dropout masks are drawn from ``seed`` too. ``validation`` (same
+        forms) is evaluated after each epoch into ``val_loss`` / ``val_<metric>``. ``progress``: None = a
+        tqdm bar only on a terminal."""
+        rng = np.random.default_rng(seed)
+        hist = History()
+        self.graph.define_gradients([self.loss])  # in case graph.gradients(...) redefined it meanwhile
+        for epoch in range(int(epochs)):
+            batches, total = _batches(data, epoch, batch_size, shuffle, rng)
+            bar = _progress(progress, total, f"epoch {epoch + 1}/{epochs}")
+            t0 = time.perf_counter()
+            loss_sum, samples, stop, last_post = 0.0, 0, False, t0
+            try:
+                for feeds in batches:
+                    arrs = self._train_feeds(feeds, rng)
+                    loss = self._step(arrs)
+                    n = _rows(dict(zip(self.need, arrs)))
+                    hist.step_losses.append(loss)
+                    hist.step_samples.append(n)
+                    loss_sum += loss * n
+                    samples += n
+                    bar.update(1)
+                    now = time.perf_counter()
+                    if not bar.disable and now - last_post > 0.25:
+                        bar.set_postfix(loss=f"{loss_sum / samples:.4g}", samples_s=f"{samples / (now - t0):.0f}")
+                        last_post = now
+                    for cb in callbacks:
+                        hook = getattr(cb, "on_step_end", None)
+                        if hook is not None and hook(len(hist.step_losses) - 1, {"loss": loss, "epoch": epoch, "lr": self._lr}):
+                            stop = True
+                    if stop:
+                        break
+            finally:
+                bar.close()
+            dt = time.perf_counter() - t0
+            if samples == 0:
+                raise ValueError(f"epoch {epoch}: no batches (empty data)")
+            logs = {"loss": loss_sum / samples, "time": dt, "samples_per_sec": samples / dt if dt > 0 else math.nan}
+            if validation is not None:
+                val = self.evaluate(validation, batch_size, validation_metrics, progress=progress)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            hist.epoch_losses.append(logs["loss"])
+            hist.epoch_times.append(dt)
+            hist.epoch_logs.append(logs)
+            for cb in callbacks:
+                hook = getattr(cb, "on_epoch_end", None)
+                if hook is not None and hook(epoch, logs):
+                    stop = True
+            if stop:
+                hist.stopped_early = True
+                break
+        return hist
+
+    def evaluate(
+        self,
+        data: Data,
+        batch_size: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        progress: bool | None = None,
+    ) -> dict[str, float]:
+        """The loss and ``metrics`` over ``data`` with dropout off, in batches.
+
+        A metric is a scalar Var (or name), averaged over batches weighted by batch rows, or a pair
+        ``(numerator, denominator)`` of scalar Vars summed over batches then divided: exact for masked
+        metrics whose per-batch count varies (e.g. accuracy over valid tokens).
+        """
+        outputs: dict[str, Any] = {"loss": self.loss}
+        outputs.update(metrics or {})
+        return evaluate(self.graph, data, outputs, batch_size, progress)
+
+    def predict(self, data: Data, outputs: Any, batch_size: int | None = None, progress: bool | None = None) -> Any:
+        """``outputs`` (Var, name, list or dict of them) for ``data`` with dropout off, batch results
+        concatenated along axis 0."""
+        return predict(self.graph, data, outputs, batch_size, progress)
+
+
+def evaluate(
+    graph: Graph, data: Data, metrics: Mapping[str, Any], batch_size: int | None = None, progress: bool | None = None
+) -> dict[str, float]:
+    """See :meth:`Trainer.evaluate` (``metrics`` must name every output, the loss included)."""
+    flat: list[Var] = []
+    plan: list[tuple[str, int, int | None]] = []
+    for key, m in metrics.items():
+        if isinstance(m, tuple):
+            num, den = graph._as_var(m[0]), graph._as_var(m[1])
+            plan.append((key, len(flat), len(flat) + 1))
+            flat += [num, den]
+        else:
+            plan.append((key, len(flat), None))
+            flat.append(graph._as_var(m))
+    sums = np.zeros(len(flat))
+    rows = 0
+    batches, total = _batches(data, 0, batch_size, False, np.random.default_rng(0))
+    bar = _progress(progress, total, "evaluate")
+    t0 = time.perf_counter()
+    try:
+        for feeds in batches:
+            res = graph.run(feed_inference(graph, feeds), flat)
+            n = _rows(feeds)
+            for key, i, j in plan:
+                if j is None:
+                    sums[i] += float(np.sum(res[i])) * n
+                else:
+                    sums[i] += float(np.sum(res[i]))
+                    sums[j] += float(np.sum(res[j]))
+            rows += n
+            bar.update(1)
+            if not bar.disable:
+                bar.set_postfix(samples_s=f"{rows / (time.perf_counter() - t0):.0f}", refresh=False)
+    finally:
+        bar.close()
+    if rows == 0:
+        raise ValueError("evaluate: no batches (empty data)")
+    out = {}
+    for key, i, j in plan:
+        out[key] = float(sums[i] / rows) if j is None else (float(sums[i] / sums[j]) if sums[j] else 0.0)
+    return out
+
+
+def predict(graph: Graph, data: Data, outputs: Any, batch_size: int | None = None, progress: bool | None = None) -> Any:
+    """See :meth:`Trainer.predict`."""
+    outs, rebuild = graph.resolve(outputs)
+    parts: list[list[np.ndarray]] = [[] for _ in outs]
+    batches, total = _batches(data, 0, batch_size, False, np.random.default_rng(0))
+    bar = _progress(progress, total, "predict")
+    try:
+        for feeds in batches:
+            for p, r in zip(parts, graph.run(feed_inference(graph, feeds), outs)):
+                p.append(r)
+            bar.update(1)
+    finally:
+        bar.close()
+    return rebuild([np.concatenate(p, axis=0) if p and p[0].ndim else np.stack(p) for p in parts])
+
+
+# ============================================================================ save / load
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _metadata(graph: Graph) -> str:
+    doc = {
+        "format": FORMAT,
+        "dtype": graph.dtype.name,
+        "placeholders": {
+            n: {"dims": list(s.dims), "dtype": s.dtype.name} for n, s in graph.placeholders.items()
+        },
+        "vars": {n: {"shape": [d for d in v.shape], "kind": v.kind} for n, v in graph.vars.items()},
+        "meta": graph.meta,
+    }
+    try:
+        return json.dumps(doc, ensure_ascii=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"graph.meta must be JSON-serialisable to be saved: {e}") from None
+
+
+def save(graph: Graph, path: str | os.PathLike, updater_state: bool = True) -> Path:
+    """Save ``graph`` as one SameDiff FlatBuffers file (any DL4J M2.1 program can ``SameDiff.load`` it).
+
+    The Python metadata (placeholder dims incl. named ones, static shapes, ``graph.meta``: mask links,
+    dropout, trainer configuration) travels inside the same file, as a UTF-8 constant named
+    ``samediff_py.meta``, so model and metadata cannot get out of step. The write is atomic: a temporary
+    file in the same folder is written, fsynced and renamed over ``path``; an interrupted save leaves the
+    previous checkpoint intact. ``updater_state`` keeps the optimiser state (training continues exactly).
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelFileError(path, f"folder {folder} does not exist")
+    meta = _metadata(graph)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        with _jvm.java_errors():
+            _training().setMeta(graph.sd, meta)
+            _training().saveSynced(graph.sd, tmp, bool(updater_state))
+        os.replace(tmp, path)
+    except _jvm.JavaError as e:
+        raise ModelFileError(path, f"save failed: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(folder)
+    return path
+
+
+_KINDS = {"VARIABLE": "variable", "CONSTANT": "constant", "PLACEHOLDER": "placeholder", "ARRAY": "op"}
+
+
+def load(path: str | os.PathLike, updater_state: bool = True) -> Graph:
+    """Load a model file written by :func:`save` (or any SameDiff FlatBuffers file) into a new
+    :class:`Graph`, with a Python Var for every SameDiff variable. Files without samediff_py metadata load
+    too (placeholder dims from SameDiff, unknown op shapes as ``None``). Any failure raises
+    :class:`ModelFileError` naming the file and the reason; nothing crashes."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(path, "no such file")
+    if not path.is_file():
+        raise ModelFileError(path, "not a regular file")
+    if path.stat().st_size < 8:
+        raise ModelFileError(path, f"too small to be a SameDiff model ({path.stat().st_size} bytes)")
+    try:
+        with _jvm.java_errors():
+            sd = _training().load(str(path), bool(updater_state))
+            meta_json = _training().getMeta(sd)
+            rows = list(_training().describe(sd))
+    except _jvm.JavaError as e:
+        cause = e.java_message or e.java_class
+        raise ModelFileError(path, f"not a readable SameDiff (DL4J 1.0.0-M2.1) model: {cause}") from None
+    meta: dict[str, Any] = {}
+    if meta_json is not None:
+        try:
+            meta = json.loads(meta_json)
+        except ValueError as e:
+            raise ModelFileError(path, f"corrupt samediff_py metadata: {e}") from None
+        if meta.get("format") != FORMAT:
+            raise ModelFileError(path, f"unknown samediff_py metadata format {meta.get('format')!r}")
+    return _rebuild(sd, rows, meta)
+
+
+def _rebuild(sd: Any, rows: list[str], meta: dict[str, Any]) -> Graph:
+    g = Graph(seed=0, dtype=meta.get("dtype", "float32"))
+    g.sd = sd
+    g.meta = meta.get("meta", {})
+    var_meta = meta.get("vars", {})
+    ph_meta = meta.get("placeholders", {})
+    parents: dict[str, list[str]] = {}
+    for row in rows:
+        name, jkind, jdtype, shape_s, inputs = row.split("\t")
+        dt = arrays.NUMPY_DTYPES.get(jdtype)
+        kind = _KINDS.get(jkind)
+        if dt is None or kind is None:
+            continue  # dtypes samediff_py does not model (strings, bytes...) are left to SameDiff
+        if name in var_meta:
+            shape = tuple(var_meta[name]["shape"])
+        elif shape_s == "?":
+            shape = ()
+        else:
+            shape = tuple(int(d) for d in shape_s.split(",")) if shape_s else ()
+        with _jvm.java_errors():
+            j = sd.getVariable(name)
+        v = Var(g, j, tuple(-1 if d is None else d for d in shape), dt, kind)
+        g.vars[name] = v
+        parents[name] = [p for p in inputs.split(",") if p]
+        if kind == "placeholder":
+            dims = tuple(ph_meta[name]["dims"]) if name in ph_meta else tuple(None if d is None else d for d in v.shape)
+            g.placeholders[name] = PlaceholderSpec(name, dims, dt)
+    for name, ps in parents.items():
+        g.vars[name].parents = tuple(g.vars[p] for p in ps if p in g.vars)
+    _restore_feed_checks(g)
+    return g
+
+
+def _restore_feed_checks(g: Graph) -> None:
+    """Re-register the mask validators that masked.mask_placeholder attached to the saved graph."""
+    from . import masked
+
+    hook = getattr(masked, "restore_feed_checks", None)
+    if hook is not None:
+        hook(g)
+        return
+    for spec in g.meta.get("masks", {}).values():
+        def _check(feeds: dict[str, np.ndarray], spec: dict[str, Any] = spec) -> None:
+            if spec["name"] in feeds:
+                masked.check_mask(
+                    feeds[spec["name"]],
+                    spec["name"],
+                    allow_empty_rows=spec["allow_empty_rows"],
+                    padding=spec["padding"],
+                    tokens=feeds.get(spec["tokens"]) if spec.get("tokens") else None,
+                    pad_id=spec.get("pad_id"),
+                )
+
+        g.feed_checks.append(_check)
+
+
+# ============================================================================ weights as .npy
+def _npy_name(var_name: str) -> str:
+    return urllib.parse.quote(var_name, safe="") + ".npy"
+
+
+def export_weights(graph: Graph, folder: str | os.PathLike) -> list[Path]:
+    """Write every trainable variable to ``folder/<url-quoted name>.npy`` (each file atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for v in graph.trainable():
+        target = folder / _npy_name(v.name)
+        tmp = folder / f".{target.name}.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, graph.get_value(v))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        written.append(target)
+    _fsync_dir(folder)
+    return written
+
+
+def import_weights(graph: Graph, folder: str | os.PathLike, strict: bool = True) -> list[str]:
+    """Set trainable variables from ``folder`` (as written by :func:`export_weights`); returns the names
+    set. ``strict``: every trainable variable must have a file and every file a variable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no weights folder {folder}")
+    files = {urllib.parse.unquote(p.name[: -len(".npy")]): p for p in folder.glob("*.npy")}
+    names = [v.name for v in graph.trainable()]
+    if strict:
+        missing = sorted(set(names) - set(files))
+        extra = sorted(set(files) - set(names))
+        if missing or extra:
+            raise ValueError(f"weights in {folder} do not match the graph: missing {missing}, unknown {extra}")
+    done = []
+    for n in names:
+        if n in files:
+            value = np.load(files[n], allow_pickle=False)
+            var = graph[n]
+            if value.dtype != var.dtype:
+                raise TypeError(f"{files[n]}: dtype {value.dtype}, variable {n!r} is {var.dtype}")
+            graph.set_value(var, value)
+            done.append(n)
+    return done
