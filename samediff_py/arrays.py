@@ -41,9 +41,15 @@ def check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
+def _native(a: np.ndarray) -> np.ndarray:
+    """``a`` in native byte order. A big-endian ``>f4`` array (e.g. read from a file) is float32 data, but its
+    dtype compares unequal to float32, so without this it was refused as "dtype >f4 is not supported"."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
 def _view(address: int, dtype: np.dtype, shape: tuple[int, ...], strides_elems: tuple[int, ...]) -> np.ndarray:
     """A numpy array over native memory at ``address`` (no copy; valid while the owner lives)."""
-    span = 1 + sum((n - 1) * s for n, s in zip(shape, strides_elems))
+    span = 1 + sum((n - 1) * s for n, s in zip(shape, strides_elems, strict=True))
     buf = (ctypes.c_byte * (span * dtype.itemsize)).from_address(address)
     flat = np.frombuffer(buf, dtype=dtype)
     return np.lib.stride_tricks.as_strided(flat, shape, tuple(s * dtype.itemsize for s in strides_elems))
@@ -51,7 +57,7 @@ def _view(address: int, dtype: np.dtype, shape: tuple[int, ...], strides_elems: 
 
 def to_indarray(value: Any, dtype: Any = None) -> Any:
     """Copy a numpy array (or anything ``np.asarray`` takes) into a new detached nd4j ``INDArray``."""
-    a = np.asarray(value, dtype=dtype)
+    a = _native(np.asarray(value, dtype=dtype))
     dt = check_dtype(a.dtype)
     with _jvm.java_errors():
         j = _jvm.bridge().alloc(_jvm.dtype_enum(ND4J_DTYPES[dt]), list(a.shape))
@@ -68,7 +74,7 @@ def wrap(value: Any) -> tuple[Any, np.ndarray]:
     Constant time. The caller must keep the returned numpy array alive while the ``INDArray`` is used, and
     must not store the ``INDArray`` in the graph (use :func:`to_indarray` for values that outlive a call).
     """
-    a = np.asarray(value)
+    a = _native(np.asarray(value))
     if not a.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
         a = a.copy(order="C")
     dt = check_dtype(a.dtype)
