@@ -633,6 +633,8 @@ def load(path: str | os.PathLike, updater_state: bool = True) -> Graph:
     except _jvm.JavaError as e:
         cause = e.java_message or e.java_class
         raise ModelFileError(path, f"not a readable SameDiff (DL4J 1.0.0-M2.1) model: {cause}") from None
+    if not rows:
+        raise ModelFileError(path, "corrupt or not a model: the file holds no variables")
     meta: dict[str, Any] = {}
     if meta_json is not None:
         try:
@@ -641,6 +643,10 @@ def load(path: str | os.PathLike, updater_state: bool = True) -> Graph:
             raise ModelFileError(path, f"corrupt samediff_py metadata: {e}") from None
         if meta.get("format") != FORMAT:
             raise ModelFileError(path, f"unknown samediff_py metadata format {meta.get('format')!r}")
+        present = {r.split("\t", 1)[0] for r in rows}
+        lost = sorted(set(meta.get("vars", {})) - present)
+        if lost:
+            raise ModelFileError(path, f"corrupt: variables {lost[:5]} listed in the metadata are missing")
     return _rebuild(sd, rows, meta)
 
 
