@@ -46,7 +46,7 @@ TRAINER_KEY = "train.trainer"  # graph.meta entry: the last Trainer's configurat
 UPDATERS = ("adam", "sgd", "nesterov", "rmsprop")
 
 Feeds = Mapping[str, Any]
-Data = Union[Mapping[str, Any], Iterable[Feeds], Callable[[int], Iterable[Feeds]]]
+Data = Union[Mapping[str, Any], Iterable[Feeds], Callable[[int], Iterable[Feeds]]]  # noqa: UP007 (runtime alias, py3.10)
 
 
 class ModelFileError(OSError):
@@ -431,7 +431,7 @@ class Trainer:
                 for feeds in batches:
                     arrs = self._train_feeds(feeds, rng)
                     loss = self._step(arrs)
-                    n = _rows(dict(zip(self.need, arrs)))
+                    n = _rows(dict(zip(self.need, arrs, strict=False)))
                     hist.step_losses.append(loss)
                     hist.step_samples.append(n)
                     loss_sum += loss * n
@@ -443,7 +443,9 @@ class Trainer:
                         last_post = now
                     for cb in callbacks:
                         hook = getattr(cb, "on_step_end", None)
-                        if hook is not None and hook(len(hist.step_losses) - 1, {"loss": loss, "epoch": epoch, "lr": self._lr}):
+                        if hook is not None and hook(
+                            len(hist.step_losses) - 1, {"loss": loss, "epoch": epoch, "lr": self._lr}
+                        ):
                             stop = True
                     if stop:
                         break
@@ -514,7 +516,7 @@ def evaluate(
         for feeds in batches:
             res = graph.run(feed_inference(graph, feeds), flat)
             n = _rows(feeds)
-            for key, i, j in plan:
+            for _key, i, j in plan:
                 if j is None:
                     sums[i] += float(np.sum(res[i])) * n
                 else:
@@ -542,7 +544,7 @@ def predict(graph: Graph, data: Data, outputs: Any, batch_size: int | None = Non
     bar = _progress(progress, total, "predict")
     try:
         for feeds in batches:
-            for p, r in zip(parts, graph.run(feed_inference(graph, feeds), outs)):
+            for p, r in zip(parts, graph.run(feed_inference(graph, feeds), outs), strict=False):
                 p.append(r)
             bar.update(1)
     finally:
@@ -568,9 +570,7 @@ def _metadata(graph: Graph) -> str:
     doc = {
         "format": FORMAT,
         "dtype": graph.dtype.name,
-        "placeholders": {
-            n: {"dims": list(s.dims), "dtype": s.dtype.name} for n, s in graph.placeholders.items()
-        },
+        "placeholders": {n: {"dims": list(s.dims), "dtype": s.dtype.name} for n, s in graph.placeholders.items()},
         "vars": {n: {"shape": [d for d in v.shape], "kind": v.kind} for n, v in graph.vars.items()},
         "meta": graph.meta,
     }
@@ -692,6 +692,7 @@ def _restore_feed_checks(g: Graph) -> None:
         hook(g)
         return
     for spec in g.meta.get("masks", {}).values():
+
         def _check(feeds: dict[str, np.ndarray], spec: dict[str, Any] = spec) -> None:
             if spec["name"] in feeds:
                 masked.check_mask(

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +91,13 @@ def _train_linear(updater: str, steps: int, **kw):
 
 def test_sgd_with_l2_and_weight_decay_match_numpy():
     data, ws = _train_linear("sgd", 3, lr=0.1, l2=0.01)
-    for a, b in zip(ws, ws[1:]):
+    for a, b in zip(ws, ws[1:], strict=False):
         np.testing.assert_allclose(b, a - 0.1 * (grad_linear(a, data["x"], data["y"]) + 0.01 * a), rtol=1e-5, atol=1e-6)
     data, ws = _train_linear("sgd", 3, lr=0.1, weight_decay=0.5)
-    for a, b in zip(ws, ws[1:]):
-        np.testing.assert_allclose(b, a - 0.1 * grad_linear(a, data["x"], data["y"]) - 0.1 * 0.5 * a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ws, ws[1:], strict=False):
+        np.testing.assert_allclose(
+            b, a - 0.1 * grad_linear(a, data["x"], data["y"]) - 0.1 * 0.5 * a, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_adam_matches_numpy():
@@ -213,7 +214,9 @@ def test_callbacks_and_early_stopping():
         def on_epoch_end(self, epoch, logs):
             Count.epochs.append(epoch)
 
-    hist = t.fit(regression_data(64), epochs=50, batch_size=16, callbacks=[Count(), train.EarlyStopping(2)], progress=False)
+    hist = t.fit(
+        regression_data(64), epochs=50, batch_size=16, callbacks=[Count(), train.EarlyStopping(2)], progress=False
+    )
     assert hist.stopped_early and len(hist.epoch_losses) == 3 == len(Count.epochs)
     assert Count.steps == hist.steps == 12
 
@@ -381,7 +384,16 @@ def test_plain_java_program_runs_the_saved_model(tmp_path):
     cp = _java_cp()
     subprocess.run(["javac", "-nowarn", "-d", str(classes), "-cp", cp, str(src)], check=True, capture_output=True)
     out = subprocess.run(
-        ["java", "-cp", f"{classes}{os.pathsep}{cp}", "RunSaved", str(model), str(tmp_path), "pred", f"x={tmp_path / 'x.npy'}"],
+        [
+            "java",
+            "-cp",
+            f"{classes}{os.pathsep}{cp}",
+            "RunSaved",
+            str(model),
+            str(tmp_path),
+            "pred",
+            f"x={tmp_path / 'x.npy'}",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
