@@ -141,6 +141,10 @@ def check_mask(
         )
     if tokens is not None and pad_id is not None:
         tok = np.asarray(tokens)
+        # fix: a tokens feed of another shape used to raise a bare numpy broadcast error, or (e.g. tokens
+        # [1, time] vs mask [batch, time]) broadcast silently; the mask must describe exactly these tokens
+        if tok.shape != m.shape:
+            raise MaskError(f"{name}: mask shape {m.shape} differs from its tokens' shape {tok.shape}")
         marked = valid & (tok == pad_id)
         if marked.any():
             b, t = np.argwhere(marked)[0]
@@ -253,6 +257,12 @@ class Masked:
     @property
     def dtype(self):
         return self.value.dtype
+
+    @property
+    def rank(self) -> int:
+        # fix: ops.softmax/log_softmax read x.rank before refusing masked inputs, so a Masked argument
+        # raised AttributeError instead of the MaskError that tells the user what to do
+        return self.value.rank
 
     def __repr__(self) -> str:
         return f"<Masked {self.value!r} mask={self.mask.name!r}>"
