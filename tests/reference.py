@@ -43,3 +43,71 @@ def masked_xent(logits, labels, mask, ignore=-1):
     nll = -np.take_along_axis(logp, lab[..., None], -1)[..., 0]
     n = counted.sum()
     return float((nll * counted).sum() / max(n, 1))
+
+
+# ---------------------------------------------------------------------------- pooling over time
+def masked_sum_pool(x, mask):
+    """x [B,T,...], mask [B,T] (1 = valid): sum over the valid time steps (loops, no broadcasting tricks)."""
+    out = np.zeros((x.shape[0],) + x.shape[2:], np.float64)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            if mask[b, t] > 0:
+                out[b] += x[b, t]
+    return out
+
+
+def masked_mean_pool(x, mask):
+    """Mean over the valid time steps; a row with none gives zeros."""
+    out = masked_sum_pool(x, mask)
+    for b in range(x.shape[0]):
+        n = int((mask[b] > 0).sum())
+        if n:
+            out[b] /= n
+    return out
+
+
+def masked_max_pool(x, mask):
+    """Maximum over the valid time steps; a row with none gives zeros."""
+    out = np.zeros((x.shape[0],) + x.shape[2:], np.float64)
+    for b in range(x.shape[0]):
+        valid = [x[b, t] for t in range(x.shape[1]) if mask[b, t] > 0]
+        if valid:
+            out[b] = np.max(np.stack(valid), axis=0)
+    return out
+
+
+# ---------------------------------------------------------------------------- per-position ops
+def layer_norm(x, gain=None, bias=None, eps=1e-5):
+    """Normalise over the last axis with the biased variance."""
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    y = (x - mu) / np.sqrt(var + eps)
+    if gain is not None:
+        y = y * gain
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+# ---------------------------------------------------------------------------- loss gradient and metrics
+def masked_xent_grad(logits, labels, mask, ignore=-1):
+    """Analytic d(masked_xent)/d(logits): (softmax - onehot) / n at counted positions, 0 elsewhere."""
+    counted = (mask > 0) & (labels != ignore)
+    n = max(int(counted.sum()), 1)
+    grad = np.zeros_like(logits, dtype=np.float64)
+    for b, t in np.argwhere(counted):
+        p = softmax(logits[b, t].astype(np.float64))
+        p[labels[b, t]] -= 1.0
+        grad[b, t] = p / n
+    return grad
+
+
+def top_k_accuracy(logits, labels, mask, k=1, ignore=-1):
+    """Share of counted positions whose label has fewer than k strictly larger logits; 0 if none count."""
+    hits = n = 0
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1]):
+            if mask[b, t] > 0 and labels[b, t] != ignore:
+                n += 1
+                hits += int((logits[b, t] > logits[b, t, labels[b, t]]).sum() < k)
+    return hits / n if n else 0.0
