@@ -1,0 +1,222 @@
+"""Issue 3: pad invariance of every masked op and of a small encoder, checked with
+samediff_py.testing; and proof that the checker catches each classic mistake of samediff_py.mistakes.
+
+Pad-invariant means: appending k padded steps (mask 0) or refilling padded steps with other values changes
+no output at valid positions, not the loss, no parameter gradient, and puts exactly zero gradient on padded
+inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from samediff_py import Graph, masked, mistakes, ops
+from samediff_py.masked import AttentionParams, Masked
+from samediff_py.models import Block, Encoder, EncoderConfig
+from samediff_py.testing import PadInvarianceError, assert_pad_invariant, check_pad_invariance
+
+D, V = 4, 5
+KS = (1, 3, 40)
+
+
+def _base(dtype=np.float32, seed=0):
+    """x [batch, time, D] float placeholder, its mask, labels, and a first per-position layer."""
+    g = Graph(seed=seed, dtype=dtype)
+    x = g.placeholder("x", ("batch", "time", D))
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    m = masked.mask_placeholder(g, "mask")
+    h = Masked(x, m) @ g.variable("w_in", shape=(D, D))  # linear: huge filler reaches the op under test
+    return g, x, labels, h
+
+
+def _feeds(seed=0, lengths=(6, 4, 2), t=6):
+    rng = np.random.default_rng(seed)
+    mask = masked.mask_from_lengths(list(lengths), t)
+    x = rng.normal(size=(len(lengths), t, D)).astype(np.float32)
+    labels = rng.integers(0, V, (len(lengths), t)).astype(np.int32)
+    labels[0, 1] = -1
+    return {"x": x, "labels": labels, "mask": mask}
+
+
+def _square_sum(v):
+    return ops.sum(ops.square(v))
+
+
+def _pool(fn):
+    def build(g, h, labels):
+        out = fn(h)
+        return [out], _square_sum(out)
+
+    return build
+
+
+def _attention(g, h, labels):
+    a = masked.multi_head_attention(h, AttentionParams.create(g, "attn", D, 2))
+    return [a], _square_sum(masked.mean_pool(a))
+
+
+def _dense_ln(g, h, labels):
+    f = masked.dense(h, g.variable("w1", shape=(D, 8)), g.variable("b1", np.full(8, 0.1)), ops.relu)
+    f = masked.layer_norm(f, g.variable("gain", np.ones(8)), g.variable("bias", np.zeros(8)))
+    f = masked.dense(f, g.variable("w2", shape=(8, D)))
+    f = masked.layer_norm(f, g.variable("gain2", np.ones(D)), g.variable("bias2", np.zeros(D)), eps=0.0)
+    return [f], _square_sum(masked.sum_pool(f))
+
+
+def _logits(g, h):
+    return masked.dense(h, g.variable("w_out", shape=(D, V)), g.variable("b_out", np.zeros(V)))
+
+
+def _xent(g, h, labels):
+    z = _logits(g, h)
+    loss = masked.softmax_cross_entropy(z, labels)
+    return [z, loss], loss
+
+
+def _accuracy(g, h, labels):
+    z = _logits(g, h)
+    return [masked.accuracy(z, labels), masked.top_k_accuracy(z, labels, 2)], masked.softmax_cross_entropy(z, labels)
+
+
+OPS = {
+    "mean_pool": _pool(masked.mean_pool),
+    "sum_pool": _pool(masked.sum_pool),
+    "max_pool": _pool(masked.max_pool),
+    "attention": _attention,
+    "dense_layer_norm": _dense_ln,
+    "cross_entropy": _xent,
+    "accuracy": _accuracy,
+}
+
+
+def _assert_all_checks_ran(rep, outputs, loss_name, ks=KS):
+    """The report must hold a comparison for every k, both modes, every output, the loss and the input."""
+    names = {o.value.name if isinstance(o, Masked) else o.name for o in outputs}
+    for mode, k in [("append", k) for k in ks] + [("fill", 0)]:
+        for n in names:
+            assert ("output", mode, k, n) in rep.drift
+        assert ("loss", mode, k, loss_name) in rep.drift
+        assert ("input-grad", mode, k, "x") in rep.drift
+    assert any(c == "grad" for c, *_ in rep.drift)
+
+
+@pytest.mark.parametrize("fill", ["random", "huge"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_masked_op_is_pad_invariant(op, fill):
+    g, x, labels, h = _base()
+    outputs, loss = OPS[op](g, h, labels)
+    rep = assert_pad_invariant(g, _feeds(), outputs, loss=loss, grad_inputs=[x], ks=KS, fill=fill)
+    _assert_all_checks_ran(rep, outputs, loss.name)
+    assert rep.max_drift("input-grad") == 0.0
+    assert rep.max_drift() <= 1e-5
+
+
+@pytest.mark.parametrize("op", ["mean_pool", "max_pool", "attention", "cross_entropy"])
+def test_masked_op_is_pad_invariant_float64(op):
+    g, x, labels, h = _base(np.float64)
+    outputs, loss = OPS[op](g, h, labels)
+    rep = assert_pad_invariant(g, _feeds(1), outputs, loss=loss, grad_inputs=[x], ks=(2, 40), fill="huge",
+                               atol=1e-10, rtol=1e-10)  # fmt: skip
+    assert rep.max_drift() <= 1e-10
+
+
+# ------------------------------------------------------------------------------------------- encoder
+def _token_feeds(seed=0, t=10):
+    rng = np.random.default_rng(seed)
+    tok = rng.integers(1, 12, (3, t)).astype(np.int32)
+    m = masked.mask_from_lengths([t, 7, 3], t)
+    tok[m == 0] = 0
+    lab = np.where(rng.random((3, t)) < 0.4, tok, -1).astype(np.int32)
+    return {"tokens": tok, "labels": lab, "mask": m}
+
+
+@pytest.mark.parametrize("layers, fill", [(1, "huge"), (2, "random")])
+def test_encoder_is_pad_invariant(layers, fill):
+    g = Graph(seed=layers)
+    tokens = g.placeholder("tokens", ("batch", "time"), "int32")
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    mask = masked.mask_placeholder(g, "mask", tokens=tokens, pad_id=0)
+    enc = Encoder(g, EncoderConfig(vocab=12, d_model=16, heads=2, d_ff=32, layers=layers, max_len=64))
+    logits = enc(tokens, mask)
+    loss = masked.softmax_cross_entropy(logits, labels)
+    acc = masked.accuracy(logits, labels)
+    # padded token slots get random real ids (not only the pad id): the mask alone must hide them
+    rep = assert_pad_invariant(g, _token_feeds(layers), [logits, acc], loss=loss, ks=KS, fill=fill, atol=1e-4)
+    assert ("grad", "append", 40, "encoder/tok_emb") in rep.drift
+    assert rep.max_drift("output") < 1e-4
+
+
+@pytest.mark.parametrize("fill", ["random", "huge"])
+def test_encoder_blocks_input_gradient_is_zero_at_padding(fill):
+    g, x, labels, h = _base(seed=3)
+    cfg = EncoderConfig(vocab=V, d_model=D, heads=2, d_ff=8, layers=2)
+    for i in range(cfg.layers):
+        h = Block.create(g, f"block{i}", cfg)(h)
+    outputs, loss = _xent(g, h, labels)
+    rep = assert_pad_invariant(g, _feeds(2), outputs, loss=loss, grad_inputs=[x], ks=KS, fill=fill, atol=1e-4)
+    _assert_all_checks_ran(rep, outputs, loss.name)
+    assert rep.max_drift("input-grad") == 0.0
+
+
+# ------------------------------------------------------------------------------------------- mistakes
+def _mistake(kind):
+    """A small graph with one classic mistake; returns (graph, outputs, loss, x)."""
+    g, x, labels, h = _base(seed=4)
+    p = AttentionParams.create(g, "attn", D, 2)
+    if kind in ("inverted_mask", "no_mask", "softmax_over_queries"):
+        a = getattr(mistakes, kind)(h, p)
+        return g, [a], _square_sum(masked.mean_pool(a)), x
+    if kind == "norm_over_time":
+        a = mistakes.norm_over_time(h, g.variable("gain", np.ones(D)), g.variable("bias", np.zeros(D)))
+        return g, [a], _square_sum(masked.mean_pool(a)), x
+    if kind == "unmasked_mean":
+        pooled = mistakes.unmasked_mean(h)
+        return g, [pooled], _square_sum(pooled), x
+    if kind == "loss_over_padding":
+        z = _logits(g, h)
+        return g, [z], mistakes.loss_over_padding(z, labels), x
+    raise AssertionError(kind)
+
+
+# which checks each mistake must trip (at least)
+EXPECTED = {
+    "inverted_mask": {"output", "loss", "grad"},
+    "no_mask": {"output", "loss", "grad", "input-grad"},
+    "softmax_over_queries": {"output", "loss", "grad"},
+    "norm_over_time": {"output", "loss", "grad", "input-grad"},
+    "unmasked_mean": {"output", "loss", "grad", "input-grad"},
+    "loss_over_padding": {"loss", "grad", "input-grad"},
+}
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_each_classic_mistake_is_detected(kind):
+    g, outputs, loss, x = _mistake(kind)
+    rep = check_pad_invariance(g, _feeds(), outputs, loss=loss, grad_inputs=[x], ks=(1, 3))
+    assert not rep.ok
+    checks = {f.check for f in rep.findings}
+    assert EXPECTED[kind] <= checks, (kind, checks)
+    if kind == "loss_over_padding":  # its logits are fine: only the loss counts padding
+        assert "output" not in checks
+    # far outside the tolerance, not a rounding effect (the scenario: 3-5 orders of magnitude)
+    worst = max(f.max_abs_diff for f in rep.findings if f.check == "output" or kind == "loss_over_padding")
+    assert worst > 1e-3
+
+
+def test_pad_invariance_error_names_output_position_and_amount():
+    g, outputs, loss, x = _mistake("no_mask")
+    feeds = _feeds()
+    with pytest.raises(PadInvarianceError) as info:
+        assert_pad_invariant(g, feeds, outputs, ks=(3,), modes=("append",))
+    rep = info.value.report
+    msg = str(info.value)
+    assert isinstance(info.value, AssertionError) and not rep.ok
+    f = rep.findings[0]
+    assert f.check == "output" and f.mode == "append" and f.k == 3
+    assert f.output == outputs[0].value.name and repr(f.output) in msg
+    b, t, _ = f.position
+    assert feeds["mask"][b, t] == 1  # reported at a valid position
+    assert str(f.position) in msg and f"max |diff| {f.max_abs_diff:.3g}" in msg
+    assert f"expected {f.expected:.6g}, got {f.got:.6g}" in msg
+    assert f.max_abs_diff == pytest.approx(abs(f.expected - f.got))
+    assert f.max_abs_diff > 1e-3 and msg.startswith("NOT pad-invariant")
