@@ -206,6 +206,27 @@ def _reduce(op: str, x: Var, axis, keepdims: bool, name: str | None) -> Var:
     _plain(x)
     axes = _axes(x, axis)
     shape = tuple((1 if i in axes else d) for i, d in enumerate(x.shape) if keepdims or i not in axes)
+    if x.rank == 2 and len(axes) == 1:
+        (ax,) = axes
+        size, other = x.shape[ax], x.shape[1 - ax]
+        if size in (None, 1) and other != 1:
+            # M2.1 bug: reducing a [1, n] array over axis 0, or [n, 1] over axis 1 (n > 1), throws a
+            # NullPointerException at run time (nd4j treats the row/column as a vector). Rank 3 is fine, so
+            # reduce [a, b, 1] over (ax, 2) instead. Taken whenever the sizes are not known to be safe (e.g. a
+            # batch of one): tests/test_ops.py::test_reduction_over_unit_axis_of_rank2.
+            g = x.graph
+            x3 = g.op(f"{op}_in", None, lambda n: _jvm.bridge().stack(g.sd, n, 2, [x.j]), (*x.shape, 1), x.dtype, (x,))
+            flat = g.op(
+                f"{op}_flat" if keepdims else op,
+                None if keepdims else name,
+                lambda n: _jvm.bridge().reduce(g.sd, op, n, x3.j, False, [ax, 2]),
+                (other,),
+                x.dtype,
+                (x3,),
+            )
+            if not keepdims:
+                return flat
+            return g.op(op, name, lambda n: _jvm.bridge().stack(g.sd, n, ax, [flat.j]), shape, x.dtype, (flat,))
     return x.graph.op(
         op, name, lambda n: _jvm.bridge().reduce(x.graph.sd, op, n, x.j, bool(keepdims), axes), shape, x.dtype, (x,)
     )
@@ -329,8 +350,11 @@ def slice_(x: Var, index: Any, name: str | None = None) -> Var:
             step = 1 if i.step is None else int(i.step)
             if step <= 0:
                 raise IndexError("slice steps must be positive")
-            begin.append(0 if i.start is None else int(i.start))
-            end.append(0 if i.stop is None else int(i.stop))
+            start, stop = i.start, i.stop
+            if n is not None:  # clamp like numpy: M2.1's stridedSlice throws for an end past the dimension
+                start, stop, _ = i.indices(n)
+            begin.append(0 if start is None else int(start))
+            end.append(0 if stop is None else int(stop))
             strides.append(step)
             begin_mask |= (i.start is None) << axis
             end_mask |= (i.stop is None) << axis
@@ -352,7 +376,10 @@ def expand_dims(x: Var, axis: int, name: str | None = None) -> Var:
     _plain(x)
     axis = axis % (x.rank + 1)
     shape = (*x.shape[:axis], 1, *x.shape[axis:])
-    return x.graph.op("expand_dims", name, lambda n: x.graph.sd.expandDims(n, x.j, axis), shape, x.dtype, (x,))
+    # A stack of one array, not M2.1's expandDims: that returns a [1, 1] input unchanged (rank 2, whatever the
+    # axis), so e.g. a batch of one [1, 1] mask silently lost its new axis (tests/test_ops.py::test_expand_dims).
+    g = x.graph
+    return g.op("expand_dims", name, lambda n: _jvm.bridge().stack(g.sd, n, axis, [x.j]), shape, x.dtype, (x,))
 
 
 def cast(x: Var, dtype: Any, name: str | None = None) -> Var:
@@ -435,8 +462,10 @@ def softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
 def log_softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
     """``x - log(sum(exp(x), axis))``, computed stably."""
     (ax,) = _axes(x, axis)
-    if ax == x.rank - 1:  # fused op; M2.1's overload with an explicit axis has a broken gradient
-        return _unary("log_softmax", x, lambda n: _jvm.bridge().logSoftmaxLast(x.graph.sd, n, x.j), name)
+    # Not M2.1's fused logSoftmax: it computes log(softmax(x)), which underflows to -inf wherever x is more
+    # than ~88 (float32) / ~745 (float64) below the row's max, and -inf * 0 (a one-hot label) is NaN in a
+    # cross-entropy (tests/test_ops.py::test_log_softmax_is_stable_for_large_logits). Its explicit-axis
+    # overload also has a broken gradient. The shifted form costs 5 more ops (~6 % of an MLM training step).
     shifted = subtract(x, max(x, ax, keepdims=True))  # the max's gradient cancels: log-softmax is shift-invariant
     return subtract(shifted, log(sum(exp(shifted), ax, keepdims=True)), name=name)
 
