@@ -149,6 +149,19 @@ def test_interpreter_survives_java_errors():
     assert g2.run({}, g2.constant("c", np.float32(2.0)) + 1) == 3.0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="_jvm.java_errors drops the text of pyjnius's own JavaException (no classname/innermessage): "
+    "it becomes 'java.lang.Throwable: None'",
+)
+def test_pyjnius_call_errors_keep_their_message():
+    g = Graph()
+    x = g.placeholder("x", (2, 3))
+    with pytest.raises(JavaError) as info, _jvm.java_errors():
+        g.sd.math().logSumExp("lse", x.j, [1])  # a list where Java wants int varargs: no overload matches
+    assert "No methods called logSumExp" in str(info.value)
+
+
 # ---------------------------------------------------------------------------- outputs are copies
 def test_run_outputs_are_independent_copies():
     g = Graph()
