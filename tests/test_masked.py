@@ -217,6 +217,16 @@ def test_feed_validation_raises_before_the_jvm(tok_graph, monkeypatch, change, e
     assert not reached
 
 
+def test_mask_and_tokens_without_shared_dim_names_are_still_checked():
+    g = Graph()
+    tokens = g.placeholder("tokens", ("batch", "seq"), "int32")  # no named dim ties it to the mask
+    m = masked.mask_placeholder(g, "mask", tokens=tokens, pad_id=0)
+    out = ops.sum(m)
+    assert float(g.run({"tokens": [[3, 0, 0]], "mask": [[1, 0, 0]]}, out)) == 1.0
+    with pytest.raises(MaskError, match=r"mask shape \(2, 3\) differs from its tokens' shape \(2, 4\)"):
+        g.run({"tokens": [[3, 4, 0, 0], [5, 0, 0, 0]], "mask": [[1, 1, 0], [1, 0, 0]]}, out)
+
+
 def test_mask_placeholder_allow_empty_rows():
     g = Graph()
     x = g.placeholder("x", ("batch", "time", 2))
