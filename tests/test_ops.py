@@ -66,7 +66,8 @@ def check_grad(
 
     ``xs`` are trainable variables (``variables=True``) or placeholders (then a dummy variable is added:
     SameDiff M2.1 differentiates only graphs with a trainable float variable). ``build`` may make other
-    placeholders on ``xs[0].graph``; their values come from ``extra``. Returns the analytic gradients.
+    placeholders on ``xs[0].graph``; their values come from ``extra``. Agreement is required to ``rtol``
+    (relative, and absolute times the largest numeric gradient). Returns the analytic gradients.
     """
     g = Graph(dtype=np.float64)
     inputs = [np.asarray(a, np.float64) for a in inputs]
@@ -102,7 +103,7 @@ def check_grad(
         got = analytic[x.name]
         assert got.shape == a.shape, (x.name, got.shape, a.shape)
         scale = max(1.0, float(np.max(np.abs(numeric))))
-        np.testing.assert_allclose(got, numeric, rtol=rtol * 100, atol=rtol * 100 * scale, err_msg=x.name)
+        np.testing.assert_allclose(got, numeric, rtol=rtol, atol=rtol * scale, err_msg=x.name)
     return analytic
 
 
