@@ -22,8 +22,9 @@ import functools
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 FETCH_COMMAND = "gradle -q fetchJars   (run in the samediff_py repository; or: ./dev setup)"
 

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 
 from . import _jvm, arrays
 
-Dim = Union[int, str, None]  # fixed size, named (checked for consistency across feeds), or unknown
-Shape = tuple[Union[int, None], ...]
+Dim = int | str | None  # fixed size, named (checked for consistency across feeds), or unknown
+Shape = tuple[int | None, ...]
 
 _NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
 
@@ -80,33 +81,34 @@ class Var:
     def __bool__(self) -> bool:
         raise TypeError("a graph Var has no truth value; compare values after graph.run(...)")
 
-    # operators -> ops (imported lazily: ops builds on this module)
+    # operators -> ops (imported lazily: ops builds on this module). A masked operand answers
+    # NotImplemented so Python asks the Masked value, which keeps (or refuses to drop) its mask.
     def __add__(self, o):
-        return _ops().add(self, o)
+        return NotImplemented if _is_masked(o) else _ops().add(self, o)
 
     def __radd__(self, o):
         return _ops().add(o, self)
 
     def __sub__(self, o):
-        return _ops().subtract(self, o)
+        return NotImplemented if _is_masked(o) else _ops().subtract(self, o)
 
     def __rsub__(self, o):
         return _ops().subtract(o, self)
 
     def __mul__(self, o):
-        return _ops().multiply(self, o)
+        return NotImplemented if _is_masked(o) else _ops().multiply(self, o)
 
     def __rmul__(self, o):
         return _ops().multiply(o, self)
 
     def __truediv__(self, o):
-        return _ops().divide(self, o)
+        return NotImplemented if _is_masked(o) else _ops().divide(self, o)
 
     def __rtruediv__(self, o):
         return _ops().divide(o, self)
 
     def __matmul__(self, o):
-        return _ops().matmul(self, o)
+        return NotImplemented if _is_masked(o) else _ops().matmul(self, o)
 
     def __neg__(self):
         return _ops().negative(self)
@@ -140,7 +142,9 @@ class Var:
         return _ops().max(self, axis, keepdims, name=name)
 
     def reshape(self, *shape, name: str | None = None) -> Var:
-        return _ops().reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape, name=name)
+        return _ops().reshape(
+            self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape, name=name
+        )
 
     def transpose(self, *axes, name: str | None = None) -> Var:
         return _ops().transpose(self, axes or None, name=name)
@@ -149,13 +153,17 @@ class Var:
         return _ops().cast(self, dtype, name=name)
 
 
+def _is_masked(o: Any) -> bool:
+    return getattr(o, "__masked__", False)
+
+
 def _ops():
     from . import ops
 
     return ops
 
 
-Outputs = Union[Var, str, Sequence[Union[Var, str]], Mapping[str, Union[Var, str]]]
+Outputs = Var | str | Sequence[Var | str] | Mapping[str, Var | str]
 
 
 class Graph:
@@ -271,7 +279,9 @@ class Graph:
         if value is None:
             if shape is None:
                 raise ValueError(f"variable {name!r}: give a value or a shape")
-            value = initial_value(tuple(shape), init, np.random.default_rng(seed) if seed is not None else self.rng, scale)
+            value = initial_value(
+                tuple(shape), init, np.random.default_rng(seed) if seed is not None else self.rng, scale
+            )
         value = np.asarray(value).astype(dt, copy=False)
         full = self.unique_name("variable", name)
         with _jvm.java_errors():
@@ -346,7 +356,8 @@ class Graph:
                 if isinstance(want, str):
                     if want in named and named[want][0] != got:
                         size, first = named[want]
-                        raise ValueError(
+                        masks = self.meta.get("masks", {})
+                        raise (MaskError if key in masks or first in masks else ValueError)(
                             f"placeholder {key!r}: dimension {want!r} is {got} here but {size} in {first!r} "
                             f"(shape {a.shape}); every feed of one run must agree on {want!r}"
                         )
@@ -397,7 +408,9 @@ class Graph:
             res = _jvm.bridge().output(self.sd, names, jarrs, [o.name for o in outs])
             return rebuild([arrays.to_numpy(r) for r in res])
 
-    def gradients(self, feeds: Mapping[str, Any], loss: Var | str, wrt: Sequence[Var | str] | None = None) -> dict[str, np.ndarray]:
+    def gradients(
+        self, feeds: Mapping[str, Any], loss: Var | str, wrt: Sequence[Var | str] | None = None
+    ) -> dict[str, np.ndarray]:
         """d(loss)/d(each of ``wrt``) as numpy arrays keyed by name; ``wrt`` defaults to every trainable
         variable and may include placeholders. ``loss`` must be a scalar (or is summed by SameDiff)."""
         loss_v = self._as_var(loss)
@@ -423,7 +436,9 @@ class Graph:
         """Make SameDiff's gradient function differentiate the sum of ``losses`` (w.r.t. every trainable
         variable, plus ``placeholders``). Rebuilt only when the losses, placeholders or graph changed."""
         key = (tuple(v.name for v in losses), tuple(sorted({p.name for p in placeholders})), len(self.vars))
-        if key == self._grad_key or (key[0] == self._grad_key[0] and set(key[1]) <= set(self._grad_key[1]) and key[2] == self._grad_key[2]):
+        if key == self._grad_key or (
+            key[0] == self._grad_key[0] and set(key[1]) <= set(self._grad_key[1]) and key[2] == self._grad_key[2]
+        ):
             return
         if not any(v.kind == "variable" and v.dtype.kind == "f" for v in self.vars.values()):
             raise ValueError("SameDiff (M2.1) differentiates only graphs with at least one trainable float variable")
@@ -495,4 +510,6 @@ def initial_value(shape: tuple[int, ...], init: str, rng: np.random.Generator, s
         return np.zeros(shape)
     if init == "ones":
         return np.ones(shape)
-    raise ValueError(f"unknown init {init!r}: use glorot_uniform, glorot_normal, he_uniform, he_normal, normal, uniform, zeros, ones")
+    raise ValueError(
+        f"unknown init {init!r}: use glorot_uniform, glorot_normal, he_uniform, he_normal, normal, uniform, zeros, ones"
+    )

@@ -25,8 +25,9 @@ array([[2., 3.]], dtype=float32)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,9 @@ def mask_from_pad(tokens: np.ndarray, pad_id: int, dtype: Any = np.float32) -> n
     return (np.asarray(tokens) != pad_id).astype(dtype)
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, max_len: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad variable-length token lists into ``tokens [batch, time]`` (int32) and their mask.
 
     >>> tokens, mask = pad_batch([[7, 8, 9], [4]], pad_id=0)
@@ -326,6 +329,9 @@ class Masked:
 
     def __truediv__(self, o):
         return self._combine(o, ops.divide)
+
+    def __rtruediv__(self, o):
+        return self._combine(o, ops.divide, swap=True)
 
     def __matmul__(self, w: Var) -> Masked:
         if isinstance(w, Masked) or (isinstance(w, Var) and w.rank != 2):
@@ -621,7 +627,7 @@ def top_k_accuracy(logits: Masked, labels: Var, k: int = 5, ignore_label: int = 
     logits = _require_masked(logits, "top_k_accuracy")
     _check_logits_labels(logits, labels, "top_k_accuracy")
     g = logits.graph
-    with g.scope(g.unique_name("top%d_acc" % k, name).split("/")[-1]):
+    with g.scope(g.unique_name(f"top{k}_acc", name).split("/")[-1]):
         counted = _counted(logits.mask, labels, ignore_label)
         z = logits.zeroed()
         onehot = ops.one_hot(labels, logits.value.shape[2], logits.dtype)
@@ -631,4 +637,4 @@ def top_k_accuracy(logits: Masked, labels: Var, k: int = 5, ignore_label: int = 
         n = ops.sum(counted)
         denom = ops.add(n, ops.cast(ops.less(n, 0.5), logits.dtype))
         total = ops.sum(ops.multiply(hit, counted))
-    return ops.divide(total, denom, name=name or g.unique_name("top%d_accuracy" % k))
+    return ops.divide(total, denom, name=name or g.unique_name(f"top{k}_accuracy"))

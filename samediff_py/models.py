@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -94,9 +94,22 @@ class Encoder:
 
     def embed(self, tokens: Var, mask: Var) -> Masked:
         """``[batch, time]`` ids -> Masked ``[batch, time, d_model]`` (token + position embeddings)."""
+        if tokens.kind == "placeholder":
+            self.graph.feed_checks.append(self._length_check(tokens.name))
         x = ops.embedding(tokens, self.tok_emb)
         pos = ops.leading_rows(self.pos_emb, tokens)  # [time, d_model], broadcast over batch
         return Masked(x, mask) + pos
+
+    def _length_check(self, name: str) -> Callable[[dict[str, np.ndarray]], None]:
+        def check(feeds: dict[str, np.ndarray]) -> None:
+            a = feeds.get(name)
+            if a is not None and a.ndim == 2 and a.shape[1] > self.cfg.max_len:
+                raise ValueError(
+                    f"placeholder {name!r}: sequence length {a.shape[1]} exceeds the encoder's max_len "
+                    f"{self.cfg.max_len} (its position table has {self.cfg.max_len} rows)"
+                )
+
+        return check
 
     def __call__(self, tokens: Var, mask: Var, attend: Attend = correct_attention, norm: Norm = correct_norm) -> Masked:
         h = self.embed(tokens, mask)

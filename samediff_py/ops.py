@@ -19,7 +19,8 @@ array([[0.09 , 0.245, 0.665],
 from __future__ import annotations
 
 import builtins
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -197,7 +198,12 @@ def matmul(a: Var, b: Var, name: str | None = None) -> Var:
     if k is None or n is None:
         raise ValueError("matmul of rank > 2 needs the weight's shape known when building")
     return a.graph.op(
-        "matmul", name, lambda nm: _jvm.bridge().matmulLast(a.graph.sd, nm, a.j, b.j, a.rank, k, n), shape, a.dtype, (a, b)
+        "matmul",
+        name,
+        lambda nm: _jvm.bridge().matmulLast(a.graph.sd, nm, a.j, b.j, a.rank, k, n),
+        shape,
+        a.dtype,
+        (a, b),
     )
 
 
@@ -305,7 +311,9 @@ def concat(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
             if len(known) > 1:
                 raise ValueError(f"concat: axis {i} sizes differ: {dims}")
             shape.append(known.pop() if known else None)
-    return g.op("concat", name, lambda n: _jvm.bridge().concat(g.sd, n, axis, [v.j for v in xs]), shape, xs[0].dtype, xs)
+    return g.op(
+        "concat", name, lambda n: _jvm.bridge().concat(g.sd, n, axis, [v.j for v in xs]), shape, xs[0].dtype, xs
+    )
 
 
 def stack(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
@@ -395,7 +403,12 @@ def one_hot(ids: Var, depth: int, dtype: Any = None, name: str | None = None) ->
         raise TypeError(f"one_hot needs integer ids, got {ids.dtype} for {ids.name!r}")
     dt = arrays.check_dtype(ids.graph.dtype if dtype is None else dtype)
     return ids.graph.op(
-        "one_hot", name, lambda n: _jvm.bridge().oneHot(ids.graph.sd, n, ids.j, int(depth), _dt(dt)), (*ids.shape, int(depth)), dt, (ids,)
+        "one_hot",
+        name,
+        lambda n: _jvm.bridge().oneHot(ids.graph.sd, n, ids.j, int(depth), _dt(dt)),
+        (*ids.shape, int(depth)),
+        dt,
+        (ids,),
     )
 
 

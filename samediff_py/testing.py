@@ -26,8 +26,9 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -261,11 +262,15 @@ def check_pad_invariance(
                 report.drift[("input-grad", mode, k, n)] = float(leaked.max(initial=0.0))
                 if leaked.max(initial=0.0) != 0.0:
                     pos = tuple(int(j) for j in np.unravel_index(np.argmax(leaked), g.shape))
-                    report.findings.append(Finding("input-grad", mode, k, n, pos, float(leaked.max()), 0.0, float(g[pos])))
+                    report.findings.append(
+                        Finding("input-grad", mode, k, n, pos, float(leaked.max()), 0.0, float(g[pos]))
+                    )
     return report
 
 
-def assert_pad_invariant(graph: Graph, feeds: Mapping[str, Any], outputs: Sequence[Var | Masked], **kwargs: Any) -> PadReport:
+def assert_pad_invariant(
+    graph: Graph, feeds: Mapping[str, Any], outputs: Sequence[Var | Masked], **kwargs: Any
+) -> PadReport:
     """:func:`check_pad_invariance`, raising :class:`PadInvarianceError` (an ``AssertionError`` that names
     the output, position and amount) if anything differs. Returns the report when all is well."""
     report = check_pad_invariance(graph, feeds, outputs, **kwargs)

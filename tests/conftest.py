@@ -1,11 +1,7 @@
 """Shared fixtures. The JVM starts once per test process (pyjnius allows one JVM per process)."""
 
-import os
-
 import numpy as np
 import pytest
-
-os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 @pytest.fixture
