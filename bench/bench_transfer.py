@@ -4,7 +4,7 @@ For float32 arrays of 1 KiB .. 64 MiB, the median time (round-robin over the cas
 
 - ``np.copyto(dst, src)`` into a preallocated array, and ``src.copy()`` (numpy allocates): the baselines;
 - ``arrays.to_indarray(src)``: an owned copy into fresh nd4j native memory (one allocation + one memcpy);
-- ``arrays.wrap(src)``: a zero-copy INDArray over numpy's memory (constant time);
+- ``arrays.wrap(src)``: a zero-copy INDArray over numpy's memory (constant time; timed on its own, warm);
 - ``arrays.to_numpy(j)``: a copy out of an INDArray into a new numpy array;
 - ``Bridge.alloc`` alone (the nd4j allocation inside to_indarray), to split its time into allocation and copy.
 
@@ -35,10 +35,11 @@ SIZES = [1 << 10, 16 << 10, 256 << 10, 1 << 20, 16 << 20, 64 << 20]
 
 NOTE = (
     "Note: to_indarray allocates fresh native memory on every call (nd4j, detached), so its time includes the\n"
-    "allocation and the page faults of first touch on large arrays (see the alloc column); np.copyto writes\n"
-    "into memory that is already mapped, and numpy's allocator (arr.copy()) can reuse blocks it just freed.\n"
-    "to_numpy also allocates (np.empty), like arr.copy(). Small sizes measure per-call cost (pyjnius calls,\n"
-    "nd4j array creation), not bandwidth. wrap copies nothing: its time is the same whatever the size."
+    "allocation, which touches every page (see the alloc column; shares are ratios of medians, so rough).\n"
+    "np.copyto writes into memory that is already mapped, and numpy's allocator (arr.copy()) can reuse blocks\n"
+    "it just freed. to_numpy also allocates (np.empty), like arr.copy(). Small sizes measure per-call cost\n"
+    "(pyjnius calls, nd4j array creation), not bandwidth. wrap copies nothing: its time does not depend on the\n"
+    "size (timed warm; right after a large copy has evicted the caches it takes several times longer)."
 )
 
 
@@ -60,13 +61,16 @@ def measure_size(nbytes: int, quick: bool) -> dict[str, float]:
         "copyto": lambda: np.copyto(dst, src),
         "copy": lambda: src.copy(),
         "to_indarray": lambda: arrays.to_indarray(src),
-        "wrap": lambda: arrays.wrap(src),
         "to_numpy": lambda: arrays.to_numpy(j_out),
         "alloc": lambda: _jvm.bridge().alloc(_jvm.dtype_enum("FLOAT"), [src.size]),
     }
     # free each owned copy at once (outside the timed region) instead of waiting for Java's GC
     after = {"to_indarray": lambda j: j.close(), "alloc": lambda j: j.close()}
-    return interleaved_medians(cases, _repeats(nbytes, quick), warmup=2, after=after)
+    out = interleaved_medians(cases, _repeats(nbytes, quick), warmup=2, after=after)
+    # wrap on its own: interleaved after a large copy it runs with cold caches (the copy evicted the JVM's
+    # code and data), which made it look size-dependent (~0.4 ms at 64 MiB vs ~0.05 ms warm)
+    out["wrap"] = interleaved_medians({"wrap": lambda: arrays.wrap(src)}, _repeats(nbytes, quick), warmup=2)["wrap"]
+    return out
 
 
 def tiny_graph_run_us(quick: bool) -> float:
@@ -95,6 +99,8 @@ def main(quick: bool = False) -> dict:
             "out_vs_copy": t["copy"] / t["to_numpy"],
             "wrap_us": t["wrap"] * 1e6,
             "alloc_share_of_to_indarray": t["alloc"] / t["to_indarray"],
+            # to_indarray minus the allocation: the memcpy part, vs np.copyto (difference of medians: rough)
+            "in_copy_part_vs_copyto": t["copyto"] / max(t["to_indarray"] - t["alloc"], 1e-9),
         }
         results["sizes"][nbytes] = r
         rows.append(
@@ -108,6 +114,7 @@ def main(quick: bool = False) -> dict:
                 f"{r['out_vs_copyto']:.2f} / {r['out_vs_copy']:.2f}",
                 f"{r['wrap_us']:.1f}",
                 f"{t['alloc'] * 1e3:.3f} ({r['alloc_share_of_to_indarray']:.0%})",
+                f"{r['in_copy_part_vs_copyto']:.2f}",
             ]
         )
         print(f"  measured {fmt_bytes(nbytes)}", file=sys.stderr, flush=True)
@@ -122,6 +129,7 @@ def main(quick: bool = False) -> dict:
         "out: x copyto / x copy()",
         "wrap us",
         "nd4j alloc ms (share of to_indarray)",
+        "in minus alloc: x copyto",
     ]
     results["loadavg_1min"] = os.getloadavg()[0]
     print("numpy <-> INDArray transfer (median per call; ratio = numpy time / ours, 1.00 = numpy's speed)")
