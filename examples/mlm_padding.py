@@ -178,7 +178,7 @@ def explain_axes(model: Model) -> str:
     _, w_qk = masked.multi_head_attention(x, p, return_weights=True, name="probe")
     emb = np.random.default_rng(6).normal(size=(1, length, 32)).astype(np.float32)
     ours, raw = g.run({x.value.name: emb, "mask": m}, [w_qk, "probe/dl4j_mha_weights"])
-    np.set_printoptions(precision=2, suppress=True, linewidth=120)
+    fmt = {"precision": 2, "suppress_small": True, "max_line_width": 120}
     lines = [
         "Which axis of DL4J's [batch][heads][seq][seq] attention weights is the query axis?",
         "  DL4J (libnd4j) returns [batch, heads, KEY, QUERY]: axis 2 is the keys, axis 3 the queries, and the",
@@ -187,12 +187,12 @@ def explain_axes(model: Model) -> str:
         f"One sequence of length {length}, its last {n_pad} positions padded "
         f"(mask {m[0].astype(int).tolist()}), head 0:",
         "samediff_py weights[0, 0] (rows = queries, columns = keys; padded keys get 0, padded query rows are 0):",
-        str(ours[0, 0]),
-        "  row sums (over keys, last axis):   " + str(ours[0, 0].sum(-1)),
+        np.array2string(ours[0, 0], **fmt),
+        "  row sums (over keys, last axis):   " + np.array2string(ours[0, 0].sum(-1), **fmt),
         "DL4J raw weights[0, 0] (rows = keys, columns = queries):",
-        str(raw[0, 0]),
-        "  column sums (over keys, axis 2):   " + str(raw[0, 0].sum(0)),
-        "  row sums (over queries, axis 3):   " + str(raw[0, 0].sum(1)) + "   <- not a distribution",
+        np.array2string(raw[0, 0], **fmt),
+        "  column sums (over keys, axis 2):   " + np.array2string(raw[0, 0].sum(0), **fmt),
+        "  row sums (over queries, axis 3):   " + np.array2string(raw[0, 0].sum(1), **fmt) + "   <- not a distribution",
     ]
     return "\n".join(lines)
 

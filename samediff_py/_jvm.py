@@ -131,5 +131,6 @@ def java_errors() -> Iterator[None]:
     except Exception as e:  # jnius.JavaException, without importing jnius before the JVM is wanted
         if type(e).__name__ != "JavaException" or not hasattr(e, "classname"):
             raise
-        message = getattr(e, "innermessage", None)
-        raise JavaError(e.classname or "java.lang.Throwable", message, getattr(e, "stacktrace", None)) from None
+        if e.classname is None:  # raised by pyjnius itself (e.g. no overload matched): its text says why
+            raise JavaError("pyjnius", str(e)) from None
+        raise JavaError(e.classname, getattr(e, "innermessage", None), getattr(e, "stacktrace", None)) from None

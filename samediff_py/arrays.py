@@ -86,7 +86,8 @@ def wrap(value: Any) -> tuple[Any, np.ndarray]:
 def to_numpy(j: Any) -> np.ndarray:
     """Copy an nd4j ``INDArray`` (any offset/strides, in a workspace or not) into a new numpy array."""
     with _jvm.java_errors():
-        j = _jvm.bridge().detached(j)
+        if j.isAttached():  # workspace memory may be reused after the call: detach (copies)
+            j = _jvm.bridge().detached(j)
         info = _jvm.bridge().describe(j)
         dt = NUMPY_DTYPES.get(j.dataType().name())
     if dt is None:

@@ -403,6 +403,8 @@ class Graph:
         structure of ``outputs``."""
         outs, rebuild = self.resolve(outputs)
         checked = self.check_feeds(feeds, self.needed_placeholders(outs))
+        if not outs:
+            return rebuild([])
         names, jarrs, _keep = self._java_feeds(checked)
         with _jvm.java_errors():
             res = _jvm.bridge().output(self.sd, names, jarrs, [o.name for o in outs])

@@ -204,8 +204,12 @@ def mask_placeholder(
     m = graph.placeholder(name, dims, graph.dtype)
     spec = MaskSpec(m.name, allow_empty_rows, padding, tokens.name if tokens is not None else None, pad_id)
     graph.meta.setdefault("masks", {})[m.name] = spec.__dict__.copy()
+    graph.feed_checks.append(_feed_check(spec))
+    return m
 
-    def _check(feeds: dict[str, np.ndarray]) -> None:
+
+def _feed_check(spec: MaskSpec) -> Callable[[dict[str, np.ndarray]], None]:
+    def check(feeds: dict[str, np.ndarray]) -> None:
         if spec.name in feeds:
             check_mask(
                 feeds[spec.name],
@@ -216,8 +220,13 @@ def mask_placeholder(
                 pad_id=spec.pad_id,
             )
 
-    graph.feed_checks.append(_check)
-    return m
+    return check
+
+
+def restore_feed_checks(graph: Graph) -> None:
+    """Re-attach the mask validators recorded in ``graph.meta["masks"]`` (after loading a saved graph)."""
+    for spec in graph.meta.get("masks", {}).values():
+        graph.feed_checks.append(_feed_check(MaskSpec(**spec)))
 
 
 class Masked:

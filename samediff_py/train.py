@@ -37,7 +37,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import _jvm, arrays, ops
+from . import _jvm, arrays, masked, ops
 from .graph import Graph, PlaceholderSpec, Var
 
 FORMAT = "samediff_py/1"
@@ -679,32 +679,8 @@ def _rebuild(sd: Any, rows: list[str], meta: dict[str, Any]) -> Graph:
             g.placeholders[name] = PlaceholderSpec(name, dims, dt)
     for name, ps in parents.items():
         g.vars[name].parents = tuple(g.vars[p] for p in ps if p in g.vars)
-    _restore_feed_checks(g)
+    masked.restore_feed_checks(g)
     return g
-
-
-def _restore_feed_checks(g: Graph) -> None:
-    """Re-register the mask validators that masked.mask_placeholder attached to the saved graph."""
-    from . import masked
-
-    hook = getattr(masked, "restore_feed_checks", None)
-    if hook is not None:
-        hook(g)
-        return
-    for spec in g.meta.get("masks", {}).values():
-
-        def _check(feeds: dict[str, np.ndarray], spec: dict[str, Any] = spec) -> None:
-            if spec["name"] in feeds:
-                masked.check_mask(
-                    feeds[spec["name"]],
-                    spec["name"],
-                    allow_empty_rows=spec["allow_empty_rows"],
-                    padding=spec["padding"],
-                    tokens=feeds.get(spec["tokens"]) if spec.get("tokens") else None,
-                    pad_id=spec.get("pad_id"),
-                )
-
-        g.feed_checks.append(_check)
 
 
 # ============================================================================ weights as .npy

@@ -149,11 +149,6 @@ def test_interpreter_survives_java_errors():
     assert g2.run({}, g2.constant("c", np.float32(2.0)) + 1) == 3.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_jvm.java_errors drops the text of pyjnius's own JavaException (no classname/innermessage): "
-    "it becomes 'java.lang.Throwable: None'",
-)
 def test_pyjnius_call_errors_keep_their_message():
     g = Graph()
     x = g.placeholder("x", (2, 3))
@@ -223,11 +218,6 @@ def test_run_with_list_dict_and_names():
     np.testing.assert_array_equal(g.run(f, "y"), [2.0, 3.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=JavaError,
-    reason="graph.run passes an empty output list to SameDiff (IllegalStateException: No outputs were specified)",
-)
 def test_run_with_no_outputs():
     g = Graph()
     g.placeholder("x", (2,))

@@ -300,11 +300,6 @@ def test_per_position_ops_keep_mask_and_values(seq):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-9, err_msg=k)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Var.__add__ etc. (graph.py) raise on a Masked operand instead of returning NotImplemented, so "
-    "bias + masked fails while masked + bias works; needs a graph.py change",
-)
 def test_per_position_var_on_the_left(seq):
     g, x, _, fd = seq
     bias = g.variable("bias", np.arange(4.0))
@@ -339,8 +334,10 @@ def test_masked_with_unmasked_batch_var_raises(seq):
     raw = g.placeholder("raw", ("batch", "time", 4))
     with pytest.raises(MaskError, match=r"unmasked 'raw'.*drop the mask.*Masked\('raw', mask\)"):
         x + raw
+    with pytest.raises(MaskError, match=r"unmasked 'raw'.*drop the mask"):
+        raw + x  # Var on the left defers to the Masked operand, which refuses the same way
     with pytest.raises(MaskError, match="ops cannot take the masked value"):
-        raw + x  # Var on the left: ops refuse the Masked operand
+        ops.add(raw, x)  # the functional form refuses the Masked operand
 
 
 @pytest.mark.parametrize(

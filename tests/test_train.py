@@ -422,10 +422,10 @@ import numpy as np
 sys.path.insert(0, {tests!r})
 from test_train import mlp, regression_data, _rss_kb
 from samediff_py import train
-g, loss = mlp(hidden=64, drop=0.1)
-t = train.Trainer(g, loss, "adam", lr=1e-3)
-data = regression_data(64)
-batches = [{{k: v[i : i + 16] for k, v in data.items()}} for i in range(0, 64, 16)]
+g, loss = mlp(hidden=512, drop=0.1)
+t = train.Trainer(g, loss, "adam", lr=1e-4)
+data = regression_data(256)
+batches = [{{k: v[i : i + 64] for k, v in data.items()}} for i in range(0, 256, 64)]
 t0 = time.perf_counter()
 for k in range(8):  # 8 x 1000 steps
     hist = t.fit(batches, epochs=250, progress=False)
@@ -449,7 +449,8 @@ def test_soak_resident_memory_stops_growing():
     rss = [int(x) / 1024 for x in lines[:8]]
     secs = float(lines[-1])
     print(f"\nsoak: 8000 steps, {8000 / secs:.0f} steps/s; RSS after each 1000 steps (MB): {[round(r) for r in rss]}")
-    # allocators and the JIT settle during the first thousands of steps; after that RSS must be flat: a leak of
-    # one 16x64 float activation per step would add 3000 * 4 KiB = 12 MB over the last 3000 steps
-    assert rss[-1] - rss[-4] < 4, f"RSS still growing over the last 3000 steps: {rss}"
-    assert rss[-1] - rss[0] < 40, f"RSS grew {rss[-1] - rss[0]:.1f} MB over 7000 steps after warm-up: {rss}"
+    # allocators and the JIT settle during the first thousands of steps (a few MB of drift); a leak of one
+    # 64x512 float activation (or its dropout mask) per step would add 3000 * 128 KiB = 375 MB over the last
+    # 3000 steps, so a 25 MB bound separates a leak from that drift by more than an order of magnitude
+    assert rss[-1] - rss[-4] < 25, f"RSS still growing over the last 3000 steps: {rss}"
+    assert rss[-1] - rss[0] < 50, f"RSS grew {rss[-1] - rss[0]:.1f} MB over 7000 steps after warm-up: {rss}"
