@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any
 
 import numpy as np
@@ -86,17 +87,26 @@ def wrap(value: Any) -> tuple[Any, np.ndarray]:
 def to_numpy(j: Any) -> np.ndarray:
     """Copy an nd4j ``INDArray`` (any offset/strides, in a workspace or not) into a new numpy array."""
     with _jvm.java_errors():
-        if j.isAttached():  # workspace memory may be reused after the call: detach (copies)
-            j = _jvm.bridge().detached(j)
         info = _jvm.bridge().describe(j)
-        dt = NUMPY_DTYPES.get(j.dataType().name())
+        if info[2]:  # in a workspace: its memory may be reused after this call, so detach (copies) first
+            j = _jvm.bridge().detached(j)
+            info = _jvm.bridge().describe(j)
+    name = _dtype_names()[int(info[1])]
+    dt = NUMPY_DTYPES.get(name)
     if dt is None:
-        raise TypeError(f"nd4j dtype {j.dataType().name()} has no samediff_py numpy equivalent")
-    rank = int(info[2])
-    shape = tuple(int(n) for n in info[3 : 3 + rank])
-    strides = tuple(int(s) for s in info[3 + rank : 3 + 2 * rank])
+        raise TypeError(f"nd4j dtype {name} has no samediff_py numpy equivalent")
+    rank = int(info[3])
+    shape = tuple(int(n) for n in info[4 : 4 + rank])
+    strides = tuple(int(s) for s in info[4 + rank : 4 + 2 * rank])
     if 0 in shape:
         return np.zeros(shape, dt)
     out = np.empty(shape, dt)
     np.copyto(out, _view(int(info[0]), dt, shape, strides))  # j is alive until we return
     return out
+
+
+@functools.cache
+def _dtype_names() -> list[str]:
+    """nd4j DataType names by ordinal."""
+    with _jvm.java_errors():
+        return [d.name() for d in _jvm.jclass("org.nd4j.linalg.api.buffer.DataType").values()]
