@@ -77,10 +77,10 @@ def masked_max_pool(x, mask):
 
 
 # ---------------------------------------------------------------------------- per-position ops
-def layer_norm(x, gain=None, bias=None, eps=1e-5):
-    """Normalise over the last axis with the biased variance."""
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+def layer_norm(x, gain=None, bias=None, eps=1e-5, axes=-1):
+    """Normalise over ``axes`` (default: the last) with the biased variance."""
+    mu = x.mean(axes, keepdims=True)
+    var = ((x - mu) ** 2).mean(axes, keepdims=True)
     y = (x - mu) / np.sqrt(var + eps)
     if gain is not None:
         y = y * gain
