@@ -5,7 +5,7 @@ every jar in ``jars/`` plus the compiled bridge (``jars/classes``); options come
 
 - ``SAMEDIFF_PY_JARS``: the jar folder (default: ``jars/`` beside the package, i.e. the repository's).
 - ``SAMEDIFF_PY_HEAP``: maximum heap, e.g. ``4g`` (default ``4g``); nd4j keeps arrays off-heap, so
-  ``SAMEDIFF_PY_OFFHEAP`` (default ``16g``) bounds that (``-Dorg.bytedeco.javacpp.maxbytes``).
+  ``SAMEDIFF_PY_OFFHEAP`` (default: half the RAM, at most ``16g``) bounds that (javacpp's ``maxbytes``).
 - ``SAMEDIFF_PY_JVM_OPTS``: further options, split on whitespace.
 - ``SAMEDIFF_PY_THREADS``: OpenMP threads for nd4j's native ops (default: ``OMP_NUM_THREADS`` if set, else 1).
   One thread is the default because the graphs this library targets are many small ops: with 2 threads,
@@ -64,7 +64,42 @@ def _classpath() -> list[str]:
     classes = jars / "classes"
     if not (classes / "samediffpy" / "Bridge.class").exists():
         raise BackendMissing(f"the samediff_py Java bridge is not compiled in {classes}. Run:\n    {FETCH_COMMAND}")
+    _check_cpu(jars)
     return [str(classes), *found]
+
+
+# instructions each nd4j native build needs (a build this CPU lacks dies with SIGILL: check first)
+_CLASSIFIER_NEEDS = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512bw", "avx512dq", "avx512vl"}}
+
+
+def _check_cpu(jars: Path) -> None:
+    """Refuse jars fetched for a CPU with instructions this one lacks (e.g. a jars/ copied between machines)."""
+    tag = jars / "CLASSIFIER"
+    cpuinfo = Path("/proc/cpuinfo")
+    if not tag.exists() or not cpuinfo.exists():
+        return
+    classifier = tag.read_text().strip()
+    flags: set[str] = set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    for key, needs in _CLASSIFIER_NEEDS.items():
+        if key in classifier and flags and not needs <= flags:
+            raise BackendMissing(
+                f"{jars} holds nd4j's {classifier} build, but this CPU lacks {sorted(needs - flags)}: it would "
+                f"crash. Fetch the generic build:\n    gradle -q fetchJars -Pnd4jClassifier=linux-x86_64"
+            )
+
+
+def _default_offheap() -> str:
+    """Half the physical memory, at most 16 GiB: javacpp only forces a GC to free native arrays near this
+    limit, so it must sit below what the machine has."""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return f"{max(1, min(16, pages * size // 2 // 2**30))}g"
+    except (ValueError, OSError, AttributeError):
+        return "4g"
 
 
 def _check_java() -> None:
@@ -83,12 +118,18 @@ def _jnius() -> Any:
     classpath = _classpath()
     import jnius_config
 
-    if "jnius" not in sys.modules and not jnius_config.vm_running:
+    if "jnius" in sys.modules or jnius_config.vm_running:
+        if not any("samediffpy" in p or p.endswith("classes") for p in jnius_config.get_classpath()):
+            raise BackendMissing(
+                "a JVM was already started in this process (pyjnius allows one) without samediff_py's "
+                "classpath: use samediff_py before anything else that starts pyjnius's JVM"
+            )
+    else:
         # read by libnd4j's OpenMP runtime when the native library loads, i.e. after this point
         threads = os.environ.get("SAMEDIFF_PY_THREADS") or os.environ.get("OMP_NUM_THREADS") or "1"
         os.environ["OMP_NUM_THREADS"] = threads
         heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
-        offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP", "16g")
+        offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP") or _default_offheap()
         jnius_config.add_options(
             f"-Xmx{heap}",
             f"-Dorg.bytedeco.javacpp.maxbytes={offheap}",

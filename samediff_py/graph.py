@@ -56,6 +56,7 @@ class Var:
     """
 
     __slots__ = ("graph", "j", "shape", "dtype", "kind", "parents", "__weakref__")
+    __array_ufunc__ = None  # np.ones(3) + var must call var.__radd__, not build an object array of Vars
 
     def __init__(self, graph: Graph, j: Any, shape: Sequence[int | None], dtype: Any, kind: str, parents=()):
         self.graph = graph

@@ -25,6 +25,7 @@ array([[2., 3.]], dtype=float32)
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -239,6 +240,7 @@ class Masked:
     """
 
     __masked__ = True  # lets samediff_py.ops refuse Masked inputs without importing this module
+    __array_ufunc__ = None  # np.ones(3) + masked must defer to us, not build an object array
 
     def __init__(self, value: Var, mask: Var):
         if not isinstance(value, Var) or not isinstance(mask, Var):
@@ -255,6 +257,11 @@ class Masked:
                 raise MaskError(f"value {value.shape} and mask {mask.shape} disagree on axis {axis}")
         if mask.dtype.kind != "f":
             raise MaskError(f"mask {mask.name!r} must be a float Var (1.0 = valid), got {mask.dtype}")
+        if mask.kind == "placeholder" and mask.name not in value.graph.meta.get("masks", {}):
+            raise MaskError(
+                f"placeholder {mask.name!r} is not a mask placeholder, so its feeds would not be validated "
+                "(0/1 values, polarity, empty rows): create it with masked.mask_placeholder(...)"
+            )
         self.value = value
         self.mask = mask
 
@@ -306,17 +313,33 @@ class Masked:
                 )
             other_v = other.value
         elif isinstance(other, Var):
-            if other.rank >= self.value.rank and other.shape[0] != 1:
-                raise MaskError(
-                    f"combining masked {self.value.name!r} {self.value.shape} with unmasked {other.name!r} "
-                    f"{other.shape} would drop the mask. If {other.name!r} describes the same sequence, wrap it: "
-                    f"Masked({other.name!r}, mask); per-position constants should have no batch axis."
-                )
+            self._check_unmasked_operand(other)
             other_v = other
         else:
             other_v = other
         out = fn(other_v, self.value) if swap else fn(self.value, other_v)
         return Masked(out, self.mask)
+
+    def _check_unmasked_operand(self, v: Var) -> None:
+        """An unmasked Var may join a ``[batch, time, ...]`` masked value only if it is clearly per-position:
+        no batch or time axis (a bias ``[F]``), a per-time table ``[1, time, ...]``, or a per-example value
+        ``[batch, 1, ...]``. A rank-1-lower ``[n, F]`` is refused: it could be ``[time, F]`` or ``[batch, F]``,
+        and numpy broadcasting would line a batch axis up with time without a word."""
+        r = self.value.rank
+        if v.rank <= r - 2 or (v.rank == r and (v.shape[0] == 1 or v.shape[1] == 1)):
+            return
+        if v.rank == r - 1:
+            hint = (
+                f"{v.name!r} {v.shape} is ambiguous next to [batch, time, ...]: expand it to [1, time, ...] "
+                "(ops.expand_dims(v, 0)) if it is per time step, or to [batch, 1, ...] (ops.expand_dims(v, 1)) "
+                "if it is per example"
+            )
+        else:
+            hint = (
+                f"combining masked {self.value.name!r} {self.value.shape} with unmasked {v.name!r} {v.shape} "
+                f"would drop the mask. If {v.name!r} describes the same sequence, wrap it: Masked({v.name!r}, mask)"
+            )
+        raise MaskError(hint)
 
     def __add__(self, o):
         return self._combine(o, ops.add)
@@ -384,11 +407,20 @@ def layer_norm(x: Masked, gain: Var | None = None, bias: Var | None = None, eps:
 
 
 # ============================================================================ pooling over time
+def _at_least_one(n: Var) -> Var:
+    """``max(n, 1)`` for counts: the denominator that turns 0/0 into 0/1."""
+    return ops.add(n, ops.cast(ops.less(n, 0.5), n.dtype))
+
+
 def _counts(mask: Var) -> tuple[Var, Var]:
     """(valid count per row [batch, 1], safe denominator max(count, 1))."""
     count = ops.sum(mask, 1, keepdims=True)
-    empty = ops.cast(ops.less(count, 0.5), mask.dtype)
-    return count, ops.add(count, empty)
+    return count, _at_least_one(count)
+
+
+def _per_row(v: Var, rank: int) -> Var:
+    """A ``[batch, 1]`` per-row value shaped to broadcast against a pooled ``[batch, ...]`` of ``rank``."""
+    return ops.reshape(v, (-1,) + (1,) * (rank - 1))
 
 
 def sum_pool(x: Masked, name: str | None = None) -> Var:
@@ -409,9 +441,7 @@ def mean_pool(x: Masked, name: str | None = None) -> Var:
     """
     x = _require_masked(x, "mean_pool")
     _, denom = _counts(x.mask)
-    for _ in range(x.value.rank - 3):
-        denom = ops.expand_dims(denom, -1)
-    return ops.divide(ops.sum(x.zeroed(), 1), denom, name=name)
+    return ops.divide(ops.sum(x.zeroed(), 1), _per_row(denom, x.value.rank - 1), name=name)
 
 
 def max_pool(x: Masked, name: str | None = None) -> Var:
@@ -425,9 +455,7 @@ def max_pool(x: Masked, name: str | None = None) -> Var:
     shifted = ops.add(ops.multiply(x.value, m), ops.multiply(ops.subtract(m, 1.0), BIG))
     count, _ = _counts(x.mask)
     has_any = ops.cast(ops.greater(count, 0.5), x.dtype)
-    for _ in range(x.value.rank - 3):
-        has_any = ops.expand_dims(has_any, -1)
-    return ops.multiply(ops.max(shifted, 1), has_any, name=name)
+    return ops.multiply(ops.max(shifted, 1), _per_row(has_any, x.value.rank - 1), name=name)
 
 
 # ============================================================================ attention
@@ -449,6 +477,8 @@ class AttentionParams:
     def create(
         cls, graph: Graph, name: str, d_in: int, heads: int, head_size: int | None = None, d_out: int | None = None
     ) -> AttentionParams:
+        if head_size is None and d_in % heads:
+            raise ValueError(f"d_in={d_in} is not divisible by heads={heads}: pass head_size explicitly")
         hs = head_size or d_in // heads
         d_out = d_out or d_in
         with graph.scope(name):
@@ -578,6 +608,9 @@ def multi_head_attention_unfused(query: Masked, params: AttentionParams, context
 # ============================================================================ losses and metrics
 def _counted(mask: Var, labels: Var, ignore_label: int) -> Var:
     """1 where a position counts: mask 1 and label != ignore_label; float [batch, time]."""
+    ignores = labels.graph.meta.setdefault("ignore_labels", {}).setdefault(labels.name, [])
+    if int(ignore_label) not in ignores:
+        ignores.append(int(ignore_label))
     not_ignored = ops.cast(ops.not_equal(labels, ignore_label), mask.dtype)
     return ops.multiply(mask, not_ignored)
 
@@ -591,6 +624,42 @@ def _check_logits_labels(logits: Masked, labels: Var, what: str) -> None:
         raise ValueError(f"{what}: labels must be [batch, time], got {labels.shape}")
     if logits.value.shape[2] is None:
         raise ValueError(f"{what}: the class axis of the logits must be known when building")
+    if labels.kind == "placeholder":
+        _register_label_check(labels, logits.mask, int(logits.value.shape[2]))
+
+
+_LABEL_CHECKS: weakref.WeakKeyDictionary[Graph, set[tuple[str, str, int]]] = weakref.WeakKeyDictionary()
+
+
+def _register_label_check(labels: Var, mask: Var, classes: int) -> None:
+    """Labels outside [0, classes) at counted positions would one-hot to a zero row: they would count in the
+    denominator but add nothing (a silently lower loss). Refuse them at feed time; ``ignore_label`` and
+    padded positions may hold anything."""
+    g = labels.graph
+    done = _LABEL_CHECKS.setdefault(g, set())
+    if (labels.name, mask.name, classes) in done:
+        return
+    done.add((labels.name, mask.name, classes))
+
+    def check(feeds: dict[str, np.ndarray]) -> None:
+        lab = feeds.get(labels.name)
+        if lab is None:
+            return
+        ignore = g.meta.get("ignore_labels", {}).get(labels.name, [])
+        counted = ~np.isin(lab, ignore)
+        m = feeds.get(mask.name)
+        if m is not None and np.shape(m) == lab.shape:
+            counted &= np.asarray(m) > 0
+        bad = counted & ((lab < 0) | (lab >= classes))
+        if bad.any():
+            b, t = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"placeholder {labels.name!r}: label {int(lab[b, t])} at (batch {b}, time {t}) is outside "
+                f"[0, {classes}) at a counted position; use the ignore label ({ignore}) for positions that "
+                "must not count"
+            )
+
+    g.feed_checks.append(check)
 
 
 def softmax_cross_entropy(logits: Masked, labels: Var, ignore_label: int = -1, name: str | None = None) -> Var:
@@ -616,9 +685,8 @@ def softmax_cross_entropy(logits: Masked, labels: Var, ignore_label: int = -1, n
         onehot = ops.one_hot(labels, logits.value.shape[2], logits.dtype)  # ignore_label < 0 -> zero row
         nll = ops.negative(ops.sum(ops.multiply(logp, onehot), -1))  # [batch, time]
         total = ops.sum(ops.multiply(nll, counted))
-        n = ops.sum(counted)
-        denom = ops.add(n, ops.cast(ops.less(n, 0.5), logits.dtype))
-    return ops.divide(total, denom, name=name or g.unique_name("xent_loss"))
+        denom = _at_least_one(ops.sum(counted))
+    return ops.divide(total, denom, name=name or g.unique_name("xent_loss").split("/")[-1])
 
 
 def accuracy(logits: Masked, labels: Var, ignore_label: int = -1, name: str | None = None) -> Var:
@@ -641,9 +709,17 @@ def top_k_accuracy(logits: Masked, labels: Var, k: int = 5, ignore_label: int = 
         z = logits.zeroed()
         onehot = ops.one_hot(labels, logits.value.shape[2], logits.dtype)
         label_logit = ops.sum(ops.multiply(z, onehot), -1, keepdims=True)  # [batch, time, 1]
-        above = ops.sum(ops.cast(ops.greater(z, label_logit), logits.dtype), -1)  # [batch, time]
-        hit = ops.cast(ops.less(above, float(k) - 0.5), logits.dtype)
-        n = ops.sum(counted)
-        denom = ops.add(n, ops.cast(ops.less(n, 0.5), logits.dtype))
+        # rank of the label = classes ranked before it: larger logits, and equal logits of a smaller class
+        # index (numpy's argmax order), so constant logits earn credit only for class 0, not for every label
+        classes = g.constant(None, np.arange(logits.value.shape[2]), logits.dtype)
+        label_f = ops.expand_dims(ops.cast(labels, logits.dtype), -1)
+        before = ops.add(
+            ops.cast(ops.greater(z, label_logit), logits.dtype),
+            ops.multiply(
+                ops.cast(ops.equal(z, label_logit), logits.dtype), ops.cast(ops.less(classes, label_f), logits.dtype)
+            ),
+        )
+        hit = ops.cast(ops.less(ops.sum(before, -1), float(k) - 0.5), logits.dtype)
+        denom = _at_least_one(ops.sum(counted))
         total = ops.sum(ops.multiply(hit, counted))
-    return ops.divide(total, denom, name=name or g.unique_name(f"top{k}_accuracy"))
+    return ops.divide(total, denom, name=name or g.unique_name(f"top{k}_accuracy").split("/")[-1])

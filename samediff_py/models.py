@@ -85,6 +85,7 @@ class Encoder:
     def __init__(self, g: Graph, cfg: EncoderConfig, name: str = "encoder"):
         self.graph = g
         self.cfg = cfg
+        self._checked: set[str] = set()  # token placeholders whose length is checked against max_len
         with g.scope(name):
             self.tok_emb = g.variable("tok_emb", shape=(cfg.vocab, cfg.d_model), init="normal", scale=0.5)
             self.pos_emb = g.variable("pos_emb", shape=(cfg.max_len, cfg.d_model), init="normal", scale=0.5)
@@ -94,10 +95,11 @@ class Encoder:
 
     def embed(self, tokens: Var, mask: Var) -> Masked:
         """``[batch, time]`` ids -> Masked ``[batch, time, d_model]`` (token + position embeddings)."""
-        if tokens.kind == "placeholder":
+        if tokens.kind == "placeholder" and tokens.name not in self._checked:
+            self._checked.add(tokens.name)
             self.graph.feed_checks.append(self._length_check(tokens.name))
         x = ops.embedding(tokens, self.tok_emb)
-        pos = ops.leading_rows(self.pos_emb, tokens)  # [time, d_model], broadcast over batch
+        pos = ops.expand_dims(ops.leading_rows(self.pos_emb, tokens), 0)  # [1, time, d_model]
         return Masked(x, mask) + pos
 
     def _length_check(self, name: str) -> Callable[[dict[str, np.ndarray]], None]:

@@ -58,7 +58,10 @@ def _lift(x: Operand, like: Var) -> Var:
     value = np.asarray(x)
     if value.dtype.kind not in "biuf":
         raise TypeError(f"cannot use {type(x).__name__} {x!r} as a graph operand")
-    return like.graph.constant(None, value.astype(like.dtype))
+    cast = value.astype(like.dtype)
+    if not np.array_equal(cast, value) and not (like.dtype.kind == "f" and value.dtype.kind in "biuf"):
+        raise TypeError(f"{x!r} does not fit {like.name!r}'s dtype {like.dtype}; cast the Var first (.astype)")
+    return like.graph.constant(None, cast)
 
 
 def _pair(a: Operand, b: Operand) -> tuple[Var, Var]:
@@ -96,15 +99,18 @@ def _fmt(shape: Shape) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+def _axis(a: int, rank: int, what: str) -> int:
+    """``a`` normalised to ``[0, rank)``; out of range is an error (numpy's rule), never a silent wrap."""
+    if not isinstance(a, (int, np.integer)) or not -rank <= a < rank:
+        raise ValueError(f"axis {a!r} is out of range for {what} of rank {rank}")
+    return int(a) % rank
+
+
 def _axes(x: Var, axis: int | Sequence[int] | None) -> list[int]:
     if axis is None:
         return list(range(x.rank))
     items = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
-    out = []
-    for a in items:
-        if not -x.rank <= a < x.rank:
-            raise ValueError(f"axis {a} is out of range for {x.name!r} of rank {x.rank}")
-        out.append(int(a) % x.rank)
+    out = [_axis(a, x.rank, repr(x.name)) for a in items]
     if len(set(out)) != len(out):
         raise ValueError(f"repeated axis in {axis!r}")
     return sorted(out)
@@ -210,6 +216,8 @@ def matmul(a: Var, b: Var, name: str | None = None) -> Var:
 # ---------------------------------------------------------------------------- reductions
 def _reduce(op: str, x: Var, axis, keepdims: bool, name: str | None) -> Var:
     _plain(x)
+    if axis is not None and not isinstance(axis, (int, np.integer)) and len(axis) == 0:
+        return x  # numpy: reducing over no axis is the identity (SameDiff would reduce over all)
     axes = _axes(x, axis)
     shape = tuple((1 if i in axes else d) for i, d in enumerate(x.shape) if keepdims or i not in axes)
     if x.rank == 2 and len(axes) == 1:
@@ -285,7 +293,7 @@ def reshape(x: Var, shape: Sequence[int], name: str | None = None) -> Var:
 def transpose(x: Var, axes: Sequence[int] | None = None, name: str | None = None) -> Var:
     """Permute axes (reverse them if ``axes`` is None), like ``np.transpose``."""
     _plain(x)
-    perm = list(range(x.rank))[::-1] if axes is None else [int(a) % x.rank for a in axes]
+    perm = list(range(x.rank))[::-1] if axes is None else [_axis(a, x.rank, repr(x.name)) for a in axes]
     if sorted(perm) != list(range(x.rank)):
         raise ValueError(f"transpose: {axes!r} is not a permutation of {x.rank} axes")
     shape = tuple(x.shape[p] for p in perm)
@@ -300,7 +308,7 @@ def concat(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
     r = xs[0].rank
     if any(v.rank != r for v in xs) or len({v.dtype for v in xs}) != 1:
         raise ValueError("concat: all inputs need the same rank and dtype")
-    axis = axis % r
+    axis = _axis(axis, r, "concat inputs")
     shape = []
     for i in range(r):
         dims = [v.shape[i] for v in xs]
@@ -324,7 +332,7 @@ def stack(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
     base = xs[0].shape
     if any(v.shape != base or v.dtype != xs[0].dtype for v in xs):
         raise ValueError("stack: all inputs need the same shape and dtype")
-    axis = axis % (len(base) + 1)
+    axis = _axis(axis, len(base) + 1, "the stacked result")
     shape = (*base[:axis], len(xs), *base[axis:])
     return g.op("stack", name, lambda n: _jvm.bridge().stack(g.sd, n, axis, [v.j for v in xs]), shape, xs[0].dtype, xs)
 
@@ -382,7 +390,7 @@ def slice_(x: Var, index: Any, name: str | None = None) -> Var:
 def expand_dims(x: Var, axis: int, name: str | None = None) -> Var:
     """Insert an axis of size 1."""
     _plain(x)
-    axis = axis % (x.rank + 1)
+    axis = _axis(axis, x.rank + 1, "the expanded result")
     shape = (*x.shape[:axis], 1, *x.shape[axis:])
     # A stack of one array, not M2.1's expandDims: that returns a [1, 1] input unchanged (rank 2, whatever the
     # axis), so e.g. a batch of one [1, 1] mask silently lost its new axis (tests/test_ops.py::test_expand_dims).
@@ -399,6 +407,7 @@ def cast(x: Var, dtype: Any, name: str | None = None) -> Var:
 
 def one_hot(ids: Var, depth: int, dtype: Any = None, name: str | None = None) -> Var:
     """``[...]`` integer ids -> ``[..., depth]``; ids outside ``[0, depth)`` give all-zero rows."""
+    _plain(ids)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"one_hot needs integer ids, got {ids.dtype} for {ids.name!r}")
     dt = arrays.check_dtype(ids.graph.dtype if dtype is None else dtype)
@@ -419,6 +428,7 @@ def embedding(ids: Var, table: Var, name: str | None = None) -> Var:
     ids instead of summing them (tests/test_ops.py shows both), so a gather embedding trains wrongly
     whenever a token repeats in a batch. Ids outside ``[0, vocab)`` give zero vectors.
     """
+    _plain(ids, table)
     if table.rank != 2 or table.shape[0] is None:
         raise ValueError(f"embedding table must be [vocab, d] with known vocab, got {_fmt(table.shape)}")
     oh = one_hot(ids, table.shape[0], table.dtype)
@@ -468,12 +478,14 @@ def square(x: Var, name: str | None = None) -> Var:
 
 def softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
     """``exp(x) / sum(exp(x), axis)``. For attention over padded keys use :mod:`samediff_py.masked`."""
+    _plain(x)
     (ax,) = _axes(x, axis)
     return _unary("softmax", x, lambda n: _jvm.bridge().softmax(x.graph.sd, n, x.j, ax), name)
 
 
 def log_softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
     """``x - log(sum(exp(x), axis))``, computed stably."""
+    _plain(x)
     (ax,) = _axes(x, axis)
     # Not M2.1's fused logSoftmax: it computes log(softmax(x)), which underflows to -inf wherever x is more
     # than ~88 (float32) / ~745 (float64) below the row's max, and -inf * 0 (a one-hot label) is NaN in a
@@ -512,16 +524,15 @@ def layer_norm(
             x.dtype,
             (x, gain, bias),
         )
-    with g.scope(g.unique_name("layer_norm", name).split("/")[-1]):
+    out_name = name or g.unique_name("layer_norm").split("/")[-1]
+    with g.scope(out_name):  # the pieces live under "<name>/", the result is "<name>" itself
         mu = mean(x, axes, keepdims=True, name="mean")
         centred = subtract(x, mu, name="centred")
         var = mean(square(centred), axes, keepdims=True, name="var")
         y = divide(centred, sqrt(add(var, eps)), name="normed")
         if gain is not None:
             y = multiply(y, gain, name="scaled")
-        if bias is not None:
-            y = add(y, bias, name="shifted")
-    return y
+    return add(y, bias, name=out_name) if bias is not None else multiply(y, 1.0, name=out_name)
 
 
 def leading_rows(table: Var, like: Var, axis: int = 1, name: str | None = None) -> Var:
@@ -538,7 +549,7 @@ def leading_rows(table: Var, like: Var, axis: int = 1, name: str | None = None) 
            [4., 5.]], dtype=float32)
     """
     _plain(table, like)
-    axis = axis % like.rank
+    axis = _axis(axis, like.rank, repr(like.name))
     shape = (like.shape[axis], *table.shape[1:])
     return table.graph.op(
         "leading_rows",

@@ -390,6 +390,9 @@ class Trainer:
         return self._step(arrs)
 
     def _step(self, arrs: list[np.ndarray]) -> float:
+        # graph.gradients(...) or another Trainer may have pointed SameDiff at another loss since the last
+        # step; training would then follow that loss while reporting ours (a tuple compare when unchanged)
+        self.graph.define_gradients([self.loss])
         if self.schedule is not None:
             lr = float(self.schedule(self.iterations))
             if lr != self._lr:
@@ -431,7 +434,7 @@ class Trainer:
                 for feeds in batches:
                     arrs = self._train_feeds(feeds, rng)
                     loss = self._step(arrs)
-                    n = _rows(dict(zip(self.need, arrs, strict=False)))
+                    n = _rows({k: a for k, a in zip(self.need, arrs, strict=False) if k in self.inputs})
                     hist.step_losses.append(loss)
                     hist.step_samples.append(n)
                     loss_sum += loss * n
@@ -600,8 +603,13 @@ def save(graph: Graph, path: str | os.PathLike, updater_state: bool = True) -> P
         with _jvm.java_errors():
             _training().setMeta(graph.sd, meta)
             _training().saveSynced(graph.sd, tmp, bool(updater_state))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets ordinary file permissions
         os.replace(tmp, path)
     except _jvm.JavaError as e:
+        raise ModelFileError(path, f"save failed: {e}") from None
+    except OSError as e:
         raise ModelFileError(path, f"save failed: {e}") from None
     finally:
         if os.path.exists(tmp):
@@ -695,7 +703,7 @@ def export_weights(graph: Graph, folder: str | os.PathLike) -> list[Path]:
     written = []
     for v in graph.trainable():
         target = folder / _npy_name(v.name)
-        tmp = folder / f".{target.name}.tmp"
+        tmp = folder / f".{target.name}.{os.getpid()}.tmp"  # distinct per process: concurrent exports
         with open(tmp, "wb") as f:
             np.save(f, graph.get_value(v))
             f.flush()

@@ -103,11 +103,13 @@ def masked_xent_grad(logits, labels, mask, ignore=-1):
 
 
 def top_k_accuracy(logits, labels, mask, k=1, ignore=-1):
-    """Share of counted positions whose label has fewer than k strictly larger logits; 0 if none count."""
+    """Share of counted positions whose label is among the first k classes of a stable descending sort
+    (ties ranked by class index, as np.argmax does); 0 if none count."""
     hits = n = 0
     for b in range(labels.shape[0]):
         for t in range(labels.shape[1]):
             if mask[b, t] > 0 and labels[b, t] != ignore:
                 n += 1
-                hits += int((logits[b, t] > logits[b, t, labels[b, t]]).sum() < k)
+                order = np.argsort(-logits[b, t], kind="stable")
+                hits += int(labels[b, t] in order[:k])
     return hits / n if n else 0.0

@@ -269,7 +269,7 @@ def test_per_position_ops_keep_mask_and_values(seq):
         "prod": x * y,
         "bias": x + bias,
         "rbias": 1.0 + x,
-        "pos": x + pos,
+        "pos": x + ops.expand_dims(pos, 0),  # a per-time table [1, T, F]
         "scaled": 2.0 * x - 1.0,
         "map": x.map(ops.tanh),
         "matmul": x @ w,
@@ -381,7 +381,9 @@ def test_masked_constructor_and_map_validate(seq):
         Masked(v, g.placeholder("mi", ("batch", "time"), "int32"))
     with pytest.raises(MaskError, match="disagree on axis 1"):
         Masked(g.placeholder("x5", ("batch", 5, 4)), g.placeholder("m6", ("batch", 6)))
-    fixed = Masked(g.placeholder("x5b", ("batch", 5, 4)), g.placeholder("m5", ("batch", 5)))
+    with pytest.raises(MaskError, match="not a mask placeholder"):
+        Masked(v, g.placeholder("plain", ("batch", "time")))  # its feeds would never be validated
+    fixed = Masked(g.placeholder("x5b", ("batch", 5, 4)), masked.mask_placeholder(g, "m5", ("batch", 5)))
     with pytest.raises(MaskError, match="changed axis 1 from 5 to 4: it is not a per-position op"):
         fixed.map(lambda t: ops.transpose(t, (0, 2, 1)))  # (only detectable when time is static)
     with pytest.raises(MaskError, match="weight matrix"):
@@ -709,10 +711,13 @@ def test_padding_never_earns_credit(acc_graph):
 
 def test_accuracy_nothing_counted_and_ties(acc_graph):
     g, outs = acc_graph
-    z = np.zeros((2, 3, 6), np.float32)  # all classes tie: ties are credited
+    z = np.zeros((2, 3, 6), np.float32)  # all classes tie: ranked by class index, like np.argmax
     labels = np.array([[1, 2, 3], [4, 5, 0]], np.int32)
     got = g.run({"logits": z, "labels": labels, "mask": [[1, 1, 0], [1, 0, 0]]}, outs)
-    assert got["acc"] == 1.0
+    assert got["acc"] == 0.0  # a collapsed model (constant logits) earns nothing for labels 1, 2, 4
+    assert got["top2"] == pytest.approx(1 / 3)  # label 1 is second in index order
+    got = g.run({"logits": z, "labels": np.zeros_like(labels), "mask": [[1, 1, 0], [1, 0, 0]]}, outs)
+    assert got["acc"] == 1.0  # ...and argmax (class 0) is right where the label is 0
     got = g.run({"logits": z, "labels": np.full_like(labels, -1), "mask": [[1, 1, 0], [1, 0, 0]]}, outs)
     assert all(v == 0.0 for k, v in got.items() if k != "acc_ign")  # acc_ign ignores 4, not -1
     got = g.run({"logits": z, "labels": labels, "mask": np.zeros((2, 3))}, outs)

@@ -62,11 +62,6 @@ public final class Bridge {
         return Nd4j.create(buf, shape, stride, 0, 'c', dtype);
     }
 
-    /** A detached copy that nd4j owns. */
-    public static INDArray owned(INDArray a) {
-        return a.dup('c');
-    }
-
     /**
      * Everything Python needs for a numpy view, in ONE call (each pyjnius call costs tens of microseconds):
      * {address of first element (0 if empty), DataType ordinal, 1 if in a workspace (copy it out via
@@ -202,17 +197,8 @@ public final class Bridge {
         return sd.nn().layerNorm(name, x, gain, bias, false, dims);
     }
 
-    public static SDVariable argmax(SameDiff sd, String name, SDVariable x, int axis) {
-        return sd.argmax(name, x, false, axis);
-    }
-
     public static SDVariable softmax(SameDiff sd, String name, SDVariable x, int axis) {
         return sd.nn().softmax(name, x, axis);
-    }
-
-    /** Log-softmax over the LAST axis: the overload with an explicit dimension has a broken gradient in M2.1. */
-    public static SDVariable logSoftmaxLast(SameDiff sd, String name, SDVariable x) {
-        return sd.nn().logSoftmax(name, x);
     }
 
     public static SDVariable oneHot(SameDiff sd, String name, SDVariable ids, int depth, DataType dtype) {
@@ -221,10 +207,6 @@ public final class Bridge {
 
     public static SDVariable cast(SameDiff sd, String name, SDVariable x, DataType dtype) {
         return sd.castTo(name, x, dtype);
-    }
-
-    public static SDVariable scalar(SameDiff sd, String name, DataType dtype, double value) {
-        return sd.constant(name, Nd4j.scalar(dtype, value));
     }
 
     // ---------------------------------------------------------------- execution

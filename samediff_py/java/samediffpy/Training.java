@@ -79,9 +79,11 @@ public final class Training {
         final String[] features;
         final DataType[] dtypes;
         final LossRecorder recorder;
+        final TrainingConfig config;
 
         Session(SameDiff sd, String[] features, String loss) {
             this.sd = sd;
+            this.config = sd.getTrainingConfig();
             this.features = features;
             this.dtypes = new DataType[features.length];
             for (int i = 0; i < features.length; i++) dtypes[i] = sd.getVariable(features[i]).dataType();
@@ -162,6 +164,7 @@ public final class Training {
      * Returns the loss the step's forward pass produced (before the update); NaN if it was not seen.
      */
     public static double step(Session s, long[] addresses, long[] shapes) {
+        requireCurrent(s);
         INDArray[] feats = new INDArray[s.features.length];
         int p = 0;
         for (int i = 0; i < feats.length; i++) {
@@ -175,8 +178,17 @@ public final class Training {
         return s.recorder.value;
     }
 
+    /** A graph has one TrainingConfig (updater state, feed order): a later Trainer replaced this one's. */
+    static void requireCurrent(Session s) {
+        if (s.sd.getTrainingConfig() != s.config) {
+            throw new IllegalStateException("this graph is now trained by a Trainer created later (its updater and "
+                    + "feeds replaced this one's); use one Trainer per graph");
+        }
+    }
+
     /** Same as {@link #step} with INDArray feeds (used by the plain-Java benchmark and tests). */
     public static double stepArrays(Session s, INDArray[] feats) {
+        requireCurrent(s);
         s.recorder.value = Double.NaN;
         s.sd.fit(new MultiDataSet(feats, new INDArray[0]), s.recorder);
         return s.recorder.value;
