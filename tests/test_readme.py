@@ -1,0 +1,22 @@
+"""The README's first example must keep running (docs that rot are worse than none)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def test_readme_quick_start_runs():
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "tokens": rng.integers(1, 100, (4, 6)).astype(np.int32),
+            "labels": rng.integers(0, 100, (4, 6)).astype(np.int32),
+            "mask": np.ones((4, 6), np.float32),
+        }
+    ]
+    namespace = {"batches": batches}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert np.isfinite(namespace["g"].run(batches[0], namespace["loss"]))
