@@ -78,15 +78,30 @@ def _median_ms(ts: list[float]) -> float:
     return statistics.median(ts) * 1e3
 
 
-def samediff_steps(cfg: dict, warm: int, repeat: int, n_batches: int = 4, work: Path | None = None) -> dict:
-    """Median ms of a training step and an inference step (round-robin), optionally saving model + data
-    into ``work`` for the Java twin."""
-    g, logits, loss = build(cfg)
-    trainer = train.Trainer(g, loss, "adam", lr=1e-3)
-    rng = np.random.default_rng(0)
-    batches = [make_batch(rng, cfg["batch"], cfg["time"], cfg["vocab"]) for _ in range(n_batches)]
-    trainer.step(batches[0])  # creates the updater state
+def samediff_steps(
+    cfg: dict,
+    warm: int,
+    repeat: int,
+    n_batches: int = 4,
+    work: Path | None = None,
+    keep: bool = False,
+    reuse: dict | None = None,
+) -> dict:
+    """Median ms of a training step and an inference step (round-robin), optionally saving the batches
+    into ``work`` for the Java twin. ``keep``: return the graph objects too; ``reuse``: a kept result to
+    time again (same graph, same batches)."""
+    if reuse is not None:
+        g, logits, trainer, batches = reuse["graph"], reuse["_logits"], reuse["_trainer"], reuse["_batches"]
+        n_batches = len(batches)
+    else:
+        g, logits, loss = build(cfg)
+        trainer = train.Trainer(g, loss, "adam", lr=1e-3)
+        rng = np.random.default_rng(0)
+        batches = [make_batch(rng, cfg["batch"], cfg["time"], cfg["vocab"]) for _ in range(n_batches)]
+        trainer.step(batches[0])  # creates the updater state
     out: dict = {}
+    if keep:
+        out.update(graph=g, _logits=logits, _trainer=trainer, _batches=batches)
     if work is not None:
         out["graph"] = g
         data = work / "data"
@@ -178,16 +193,28 @@ def main(quick: bool = False, java: bool = True, torch: bool = True, cfg: dict |
     warm, repeat = (2, 3) if quick else (3, 10)
     res: dict = {"config": cfg, "threads": threads()}
     java = java and shutil.which("javac") is not None and not _jvm.started()
+    do_torch = torch and torch_available()
+    rounds = 1 if quick else 3  # samediff_py, Java, PyTorch take turns, so a load change hits all alike
+    per = {"samediff_py": {"train_ms": [], "infer_ms": []}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if java:
             with_java_loop(work)
-        sd = samediff_steps(cfg, warm, repeat, work=work if java else None)
-        res["samediff_py"] = {"train_ms": sd["train_ms"], "infer_ms": sd["infer_ms"]}
-        if java:
-            res["java"] = java_steps(sd, warm, repeat)
-    if torch and torch_available():
-        res["pytorch"] = torch_steps([cfg], warm, repeat, threads())[0]
+        sd = samediff_steps(cfg, warm, repeat, work=work if java else None, keep=True)
+        for rnd in range(rounds):
+            if rnd:
+                sd.update(samediff_steps(cfg, 1, repeat, reuse=sd))
+            for k in ("train_ms", "infer_ms"):
+                per["samediff_py"][k].append(sd[k])
+            if java:
+                for k, v in java_steps(sd, 1 if rnd else warm, repeat).items():
+                    per.setdefault("java", {}).setdefault(k, []).append(v)
+            if do_torch:
+                for k, v in torch_steps([cfg], warm, repeat, threads())[0].items():
+                    per.setdefault("pytorch", {}).setdefault(k, []).append(v)
+    for who, ms in per.items():
+        res[who] = {k: (statistics.median(v) if k.endswith("_ms") else v[0]) for k, v in ms.items()}
+    res["rounds"] = rounds
     tokens = cfg["batch"] * cfg["time"]
     for r in (res.get(k) for k in ("samediff_py", "java", "pytorch")):
         if r:

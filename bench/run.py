@@ -140,7 +140,7 @@ def run_all(quick: bool) -> dict:
         import bench_models
 
         if bench_models.torch_available():
-            R["torch_threads"] = {n: bench_models.torch_steps([bench_models.BASE], 2, 5, n)[0] for n in (1, 2)}
+            R["torch_threads"] = {str(n): bench_models.torch_steps([bench_models.BASE], 2, 5, n)[0] for n in (1, 2)}
     log("backends")
     R["backends"] = {}
     runs: dict[str, list[dict]] = {}
@@ -292,7 +292,7 @@ def report(R: dict) -> str:
         f"2 threads / 1 thread: training {med['2'] / med['1']:.2f}x the time, inference {medi['2'] / medi['1']:.2f}x.",
     ]
     if "torch_threads" in R:
-        tt = R["torch_threads"]
+        tt = {str(k): v for k, v in R["torch_threads"].items()}
         L.append(
             f"PyTorch, same model: 2 / 1 threads = {tt['2']['train_ms'] / tt['1']['train_ms']:.2f}x (training), "
             f"{tt['2']['infer_ms'] / tt['1']['infer_ms']:.2f}x (inference)."
