@@ -235,9 +235,12 @@ class Graph:
         full = self.unique_name(base, name)
         with _jvm.java_errors():
             j = build(full)
-        if j.name() != full:  # some SameDiff ops ignore the requested name
-            with _jvm.java_errors():
+        with _jvm.java_errors():
+            if j.name() != full:  # some SameDiff ops ignore the requested name
                 j = self.sd.updateVariableNameAndReference(j, full)
+            # op names = output names, or M2.1's loader wires ops to the wrong variables (Bridge.alignOpNames);
+            # done now, before any gradient function copies the ops
+            _jvm.bridge().alignOpNames(self.sd)
         return self._register(Var(self, j, shape, dtype, "op", parents))
 
     # ------------------------------------------------------------------ leaves

@@ -601,6 +601,7 @@ def save(graph: Graph, path: str | os.PathLike, updater_state: bool = True) -> P
     os.close(fd)
     try:
         with _jvm.java_errors():
+            _jvm.bridge().alignOpNames(graph.sd)  # (a no-op for graphs built through Graph.op)
             _training().setMeta(graph.sd, meta)
             _training().saveSynced(graph.sd, tmp, bool(updater_state))
         umask = os.umask(0)

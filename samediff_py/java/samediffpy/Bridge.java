@@ -2,12 +2,15 @@ package samediffpy;
 
 import java.io.OutputStream;
 import java.io.PrintStream;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
 import org.nd4j.autodiff.samediff.SDVariable;
 import org.nd4j.autodiff.samediff.SameDiff;
+import org.nd4j.autodiff.samediff.internal.SameDiffOp;
+import org.nd4j.autodiff.samediff.internal.Variable;
 import org.bytedeco.javacpp.Pointer;
 import org.nd4j.linalg.api.buffer.DataBuffer;
 import org.nd4j.linalg.api.buffer.DataType;
@@ -207,6 +210,37 @@ public final class Bridge {
 
     public static SDVariable cast(SameDiff sd, String name, SDVariable x, DataType dtype) {
         return sd.castTo(name, x, dtype);
+    }
+
+    /**
+     * Renames every single-output op to the name of its output variable, where that name is free as an op
+     * name. Needed before saving: M2.1's loader (SameDiff.fromFlatBuffers) looks an op's outputs up by the
+     * OP's name among the VARIABLES, so an auto-named op "matmul_1" whose output is "matmul/mmul" gets wired
+     * to an unrelated variable called "matmul_1" and the loaded graph cannot run. Returns how many ops were
+     * renamed.
+     */
+    public static int alignOpNames(SameDiff sd) {
+        Map<String, SameDiffOp> ops = sd.getOps();
+        Map<String, Variable> vars = sd.getVariables();
+        int renamed = 0;
+        for (String old : new ArrayList<>(ops.keySet())) {
+            SameDiffOp op = ops.get(old);
+            List<String> outs = op.getOutputsOfOp();
+            if (outs == null || outs.size() != 1) continue;
+            String target = outs.get(0);
+            if (target.equals(old) || ops.containsKey(target)) continue;
+            op.getOp().setOwnName(target);
+            op.setName(target);
+            ops.remove(old);
+            ops.put(target, op);
+            vars.get(target).setOutputOfOp(target);
+            for (String in : op.getInputsToOp() == null ? new ArrayList<String>() : op.getInputsToOp()) {
+                List<String> users = vars.get(in).getInputsForOp();
+                if (users != null) users.replaceAll(u -> u.equals(old) ? target : u);
+            }
+            renamed++;
+        }
+        return renamed;
     }
 
     // ---------------------------------------------------------------- execution
