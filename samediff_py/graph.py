@@ -55,21 +55,18 @@ class Var:
     :func:`samediff_py.ops.equal`.
     """
 
-    __slots__ = ("graph", "j", "shape", "dtype", "kind", "parents", "__weakref__")
+    __slots__ = ("graph", "j", "name", "shape", "dtype", "kind", "parents", "__weakref__")
     __array_ufunc__ = None  # np.ones(3) + var must call var.__radd__, not build an object array of Vars
 
     def __init__(self, graph: Graph, j: Any, shape: Sequence[int | None], dtype: Any, kind: str, parents=()):
         self.graph = graph
         self.j = j  # the org.nd4j.autodiff.samediff.SDVariable
+        with _jvm.java_errors():
+            self.name: str = j.name()  # read once: a pyjnius call costs microseconds on every hot path
         self.shape: Shape = tuple(None if d is None or d < 0 else int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.kind = kind  # "placeholder" | "variable" | "constant" | "op"
         self.parents: tuple[Var, ...] = tuple(parents)
-
-    @property
-    def name(self) -> str:
-        with _jvm.java_errors():
-            return self.j.name()
 
     @property
     def rank(self) -> int:
