@@ -8,6 +8,8 @@ longest row (rounded up to ``multiple``) and builds the mask (1 = valid, 0 = pad
 ("Padding") measures the gain in real tokens per second.
 
 >>> import numpy as np
+
+from . import masked
 >>> seqs = [np.arange(1, n + 1) for n in (5, 2, 7, 3, 6, 2)]
 >>> batches = bucket_batches([len(s) for s in seqs], batch_size=2, seed=0)
 >>> sorted(sorted(len(seqs[i]) for i in b) for b in batches)
@@ -25,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from . import masked
 
 
 def bucket_batches(
@@ -50,16 +54,8 @@ def bucket_batches(
 
 
 def pad_batch(
-    sequences: Sequence[Sequence[int]], rows: Sequence[int], pad_id: int, multiple: int = 1, dtype=np.int32
+    sequences: Sequence[Sequence[int]], rows: Sequence[int], pad_id: int, multiple: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(tokens [len(rows), T], mask [len(rows), T] float32)`` for ``sequences[rows]``, right-padded with
-    ``pad_id`` to ``T`` = the longest row rounded up to ``multiple``."""
-    picked = [np.asarray(sequences[i]) for i in rows]
-    longest = max((len(s) for s in picked), default=0)
-    t = -(-max(longest, 1) // multiple) * multiple
-    tokens = np.full((len(picked), t), pad_id, dtype)
-    mask = np.zeros((len(picked), t), np.float32)
-    for r, s in enumerate(picked):
-        tokens[r, : len(s)] = s
-        mask[r, : len(s)] = 1.0
-    return tokens, mask
+    """``(tokens [len(rows), T] int32, mask [len(rows), T] float32)`` for ``sequences[rows]``, right-padded
+    with ``pad_id`` to ``T`` = the longest row rounded up to ``multiple`` (see :func:`masked.pad_batch`)."""
+    return masked.pad_batch([sequences[i] for i in rows], pad_id, multiple=multiple)

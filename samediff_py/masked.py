@@ -68,9 +68,12 @@ def mask_from_pad(tokens: np.ndarray, pad_id: int, dtype: Any = np.float32) -> n
 
 
 def pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, max_len: int | None = None
+    sequences: Sequence[Sequence[int]], pad_id: int, max_len: int | None = None, multiple: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad variable-length token lists into ``tokens [batch, time]`` (int32) and their mask.
+
+    ``time`` is ``max_len``, or the longest sequence rounded up to ``multiple`` (fewer distinct batch shapes:
+    SameDiff does some first-run work for every new shape).
 
     >>> tokens, mask = pad_batch([[7, 8, 9], [4]], pad_id=0)
     >>> tokens
@@ -81,7 +84,7 @@ def pad_batch(
            [1., 0., 0.]], dtype=float32)
     """
     lengths = [len(s) for s in sequences]
-    t = max(lengths, default=0) if max_len is None else max_len
+    t = -(-max(max(lengths, default=0), 1) // multiple) * multiple if max_len is None else max_len
     tokens = np.full((len(sequences), t), pad_id, dtype=np.int32)
     for i, s in enumerate(sequences):
         if len(s) > t:
