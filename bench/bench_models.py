@@ -55,7 +55,7 @@ def build(cfg: dict, seed: int = 0):
         max_len=max(cfg["time"], 256),
     )
     logits = Encoder(g, enc_cfg)(tokens, mask)
-    loss = masked.softmax_cross_entropy(logits, labels, IGNORE, name="loss")
+    loss = masked.softmax_cross_entropy(logits, labels, IGNORE, name="loss", fused=True)  # the final loss
     return g, logits, loss
 
 

@@ -99,7 +99,7 @@ def build(variant: Variant, seed: int = 0, cfg: EncoderConfig | None = None) -> 
     mask = masked.mask_placeholder(g, "mask", tokens=tokens, pad_id=PAD)
     enc = Encoder(g, cfg)
     logits = enc(tokens, mask, attend=variant.attend, norm=variant.norm)
-    loss = masked.softmax_cross_entropy(logits, labels, IGNORE, name="loss")
+    loss = masked.softmax_cross_entropy(logits, labels, IGNORE, name="loss", fused=True)  # the final loss
     acc = masked.accuracy(logits, labels, IGNORE, name="accuracy")
     return Model(variant, g, tokens, mask, labels, logits, loss, acc)
 

@@ -722,3 +722,51 @@ def test_accuracy_nothing_counted_and_ties(acc_graph):
     assert all(v == 0.0 for k, v in got.items() if k != "acc_ign")  # acc_ign ignores 4, not -1
     got = g.run({"logits": z, "labels": labels, "mask": np.zeros((2, 3))}, outs)
     assert all(v == 0.0 for v in got.values())
+
+
+# =============================================================================== fused cross-entropy
+def _xent_graph(fused: bool, dtype=np.float64):
+    g = Graph(seed=0, dtype=dtype)
+    logits = g.variable("logits", np.random.default_rng(3).normal(size=(2, 4, 5)) * 3)
+    m = masked.mask_placeholder(g, "mask", allow_empty_rows=True)
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    return g, logits, masked.softmax_cross_entropy(Masked(logits, m), labels, fused=fused)
+
+
+def test_fused_cross_entropy_matches_reference_and_finite_differences():
+    g, logits, loss = _xent_graph(fused=True)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float64)
+    labels = np.array([[1, -1, 4, 2], [0, 3, 7, 7]], np.int32)  # an ignored label, junk at padding
+    fd = {"mask": mask, "labels": labels}
+    z = g.get_value(logits)
+    assert float(g.run(fd, loss)) == pytest.approx(R.masked_xent(z, labels, mask), abs=1e-12)
+    grad = g.gradients(fd, loss, [logits])["logits"]
+    num = np.zeros_like(z)
+    for idx in np.ndindex(z.shape):
+        for sign in (1, -1):
+            zz = z.copy()
+            zz[idx] += sign * 1e-6
+            g.set_value(logits, zz)
+            num[idx] += sign * float(g.run(fd, loss)) / 2e-6
+    g.set_value(logits, z)
+    np.testing.assert_allclose(grad, num, atol=1e-7)
+    assert (grad[mask == 0] == 0).all() and (grad[0, 1] == 0).all()  # padding and the ignored label
+
+
+def test_fused_and_plain_cross_entropy_agree_and_nothing_counted_gives_zero():
+    (gf, _, lf), (gp, _, lp) = _xent_graph(True), _xent_graph(False)
+    fd = {"mask": np.array([[1, 1, 0, 0], [1, 0, 0, 0]], np.float64), "labels": np.array([[4, 0, 1, 1], [2, 1, 1, 1]])}
+    assert float(gf.run(fd, lf)) == pytest.approx(float(gp.run(fd, lp)), abs=1e-12)
+    np.testing.assert_allclose(gf.gradients(fd, lf)["logits"], gp.gradients(fd, lp)["logits"], atol=1e-12)
+    empty = {"mask": np.zeros((2, 4)), "labels": np.full((2, 4), -1, np.int32)}
+    assert float(gf.run(empty, lf)) == 0.0
+    grad = gf.gradients(empty, lf)["logits"]
+    assert np.isfinite(grad).all() and (grad == 0).all()
+
+
+def test_fused_cross_entropy_refuses_to_be_scaled_or_combined():
+    g, _, loss = _xent_graph(fused=True)
+    with pytest.raises(ValueError, match="fused loss.*final loss"):
+        loss * 2.0
+    with pytest.raises(ValueError, match="fused loss"):
+        ops.add(loss, loss)

@@ -200,6 +200,17 @@ public final class Bridge {
         return sd.nn().layerNorm(name, x, gain, bias, false, dims);
     }
 
+    /**
+     * libnd4j's fused softmax cross-entropy, mean over non-zero weights (one op, one backward op). Its
+     * gradient ignores the upstream gradient (M2.1), so it is only right as the final loss: samediff_py
+     * refuses any op that consumes it.
+     */
+    public static SDVariable fusedSoftmaxCrossEntropy(SameDiff sd, String name, SDVariable oneHot, SDVariable logits,
+                                                      SDVariable weights) {
+        return sd.loss().softmaxCrossEntropy(name, oneHot, logits, weights,
+                org.nd4j.autodiff.loss.LossReduce.MEAN_BY_NONZERO_WEIGHT_COUNT, 0.0);
+    }
+
     public static SDVariable softmax(SameDiff sd, String name, SDVariable x, int axis) {
         return sd.nn().softmax(name, x, axis);
     }
