@@ -725,7 +725,7 @@ def test_accuracy_nothing_counted_and_ties(acc_graph):
 
 
 # =============================================================================== fused cross-entropy
-def _xent_graph(fused: bool, dtype=np.float64):
+def _fused_xent_graph(fused: bool, dtype=np.float64):
     g = Graph(seed=0, dtype=dtype)
     logits = g.variable("logits", np.random.default_rng(3).normal(size=(2, 4, 5)) * 3)
     m = masked.mask_placeholder(g, "mask", allow_empty_rows=True)
@@ -734,7 +734,7 @@ def _xent_graph(fused: bool, dtype=np.float64):
 
 
 def test_fused_cross_entropy_matches_reference_and_finite_differences():
-    g, logits, loss = _xent_graph(fused=True)
+    g, logits, loss = _fused_xent_graph(fused=True)
     mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float64)
     labels = np.array([[1, -1, 4, 2], [0, 3, 7, 7]], np.int32)  # an ignored label, junk at padding
     fd = {"mask": mask, "labels": labels}
@@ -754,7 +754,7 @@ def test_fused_cross_entropy_matches_reference_and_finite_differences():
 
 
 def test_fused_and_plain_cross_entropy_agree_and_nothing_counted_gives_zero():
-    (gf, _, lf), (gp, _, lp) = _xent_graph(True), _xent_graph(False)
+    (gf, _, lf), (gp, _, lp) = _fused_xent_graph(True), _fused_xent_graph(False)
     fd = {"mask": np.array([[1, 1, 0, 0], [1, 0, 0, 0]], np.float64), "labels": np.array([[4, 0, 1, 1], [2, 1, 1, 1]])}
     assert float(gf.run(fd, lf)) == pytest.approx(float(gp.run(fd, lp)), abs=1e-12)
     np.testing.assert_allclose(gf.gradients(fd, lf)["logits"], gp.gradients(fd, lp)["logits"], atol=1e-12)
@@ -765,7 +765,7 @@ def test_fused_and_plain_cross_entropy_agree_and_nothing_counted_gives_zero():
 
 
 def test_fused_cross_entropy_refuses_to_be_scaled_or_combined():
-    g, _, loss = _xent_graph(fused=True)
+    g, _, loss = _fused_xent_graph(fused=True)
     with pytest.raises(ValueError, match="fused loss.*final loss"):
         loss * 2.0
     with pytest.raises(ValueError, match="fused loss"):
