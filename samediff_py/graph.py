@@ -185,6 +185,7 @@ class Graph:
         self._scope: list[str] = []
         self._counts: dict[str, int] = {}
         self._grad_key: tuple = ((), (), -1)
+        self._need_cache: dict[tuple[str, ...], frozenset[str]] = {}  # nodes never change once made
 
     # ------------------------------------------------------------------ naming
     @contextlib.contextmanager
@@ -320,7 +321,16 @@ class Graph:
 
     # ------------------------------------------------------------------ feeding
     def needed_placeholders(self, outputs: Iterable[Var]) -> set[str]:
-        """Names of the placeholders the given nodes depend on."""
+        """Names of the placeholders the given nodes depend on (a graph walk, cached per output set: every
+        run and evaluation batch asks)."""
+        outputs = list(outputs)
+        key = tuple(v.name for v in outputs)
+        hit = self._need_cache.get(key)
+        if hit is None:
+            hit = self._need_cache[key] = frozenset(self._walk_placeholders(outputs))
+        return set(hit)
+
+    def _walk_placeholders(self, outputs: list[Var]) -> set[str]:
         seen: set[int] = set()
         need: set[str] = set()
         stack = list(outputs)
