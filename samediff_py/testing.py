@@ -224,8 +224,8 @@ def check_pad_invariance(
             kinds.append((o.name, False))
 
     def evaluate(fd: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float | None, dict[str, np.ndarray]]:
-        vals = graph.run(fd, flat) if flat else []
-        lval = float(graph.run(fd, loss)) if loss is not None else None
+        vals = graph.run(fd, flat + ([loss] if loss is not None else []))  # one forward pass for all
+        lval = float(vals.pop()) if loss is not None else None
         grads = graph.gradients(fd, loss, [*graph.trainable(), *grad_inputs]) if loss is not None else {}
         return vals, lval, grads
 
