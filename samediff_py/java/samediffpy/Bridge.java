@@ -30,6 +30,7 @@ public final class Bridge {
 
     static {
         Nd4j.getBackend();  // NativeOpsHolder needs the backend's properties loaded first
+        FixedOps.register();  // before any gradient function exists: see FixedOps
     }
 
     // ---------------------------------------------------------------- arrays
@@ -86,6 +87,16 @@ public final class Bridge {
             out[4 + rank + i] = stride[i];
         }
         return out;
+    }
+
+    /**
+     * Copies {@code src} into the variable's own array, in place: the updater state and any live training
+     * session keep referring to the same array (replacing the array object made the next update vanish).
+     */
+    public static void assign(SDVariable v, INDArray src) {
+        INDArray a = v.getArr();
+        if (a == null) throw new IllegalStateException("variable " + v.name() + " has no array");
+        a.assign(src);
     }
 
     /** The array itself if it lives outside any workspace, else a detached copy. */
@@ -154,7 +165,11 @@ public final class Bridge {
     }
 
     public static SDVariable gather(SameDiff sd, String name, SDVariable table, SDVariable ids, int axis) {
-        return sd.gather(name, table, ids, axis);
+        return FixedOps.gather(sd, name, table, ids, axis);
+    }
+
+    public static SDVariable select(SameDiff sd, String name, SDVariable cond, SDVariable x, SDVariable y) {
+        return FixedOps.select(sd, name, cond, x, y);
     }
 
     /**
@@ -217,6 +232,10 @@ public final class Bridge {
 
     public static SDVariable oneHot(SameDiff sd, String name, SDVariable ids, int depth, DataType dtype) {
         return sd.oneHot(name, ids, depth, -1, 1.0, 0.0, dtype);
+    }
+
+    public static SDVariable zerosLike(SameDiff sd, String name, SDVariable x) {
+        return sd.zerosLike(name, x);
     }
 
     public static SDVariable cast(SameDiff sd, String name, SDVariable x, DataType dtype) {

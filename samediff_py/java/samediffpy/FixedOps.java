@@ -1,0 +1,134 @@
+package samediffpy;
+
+import java.lang.reflect.Field;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Map;
+
+import org.nd4j.autodiff.samediff.SDVariable;
+import org.nd4j.autodiff.samediff.SameDiff;
+import org.nd4j.imports.converters.DifferentialFunctionClassHolder;
+import org.nd4j.linalg.api.ops.impl.controlflow.Select;
+import org.nd4j.linalg.api.ops.impl.shape.Gather;
+import org.nd4j.linalg.api.ops.impl.transforms.segment.UnsortedSegmentSum;
+import org.nd4j.linalg.factory.Nd4j;
+
+/**
+ * Ops whose M2.1 gradient is missing or wrong, fixed for the whole JVM.
+ *
+ * SameDiff clones every op through FlatBuffers when it builds a gradient function, and the clone is looked up
+ * by the libnd4j op hash, so a plain subclass would come back as the stock class. {@link #register()} maps each
+ * op's hash to the subclass in {@code DifferentialFunctionClassHolder}: from then on every op of that name that
+ * SameDiff builds, clones or loads in this JVM uses the fixed gradient. The subclasses keep the stock op name,
+ * so saved files hold plain DL4J ops that any M2.1 program loads and runs forward.
+ */
+public final class FixedOps {
+    private FixedOps() {}
+
+    private static boolean registered;
+
+    static {
+        Nd4j.getBackend();
+        register();
+    }
+
+    /** Registers every fixed op class (idempotent; the Bridge calls it before any graph exists). */
+    public static synchronized void register() {
+        if (registered) return;
+        put("gather", FixedGather.class);
+        put("select", FixedSelect.class);
+        registered = true;
+    }
+
+    @SuppressWarnings("unchecked")
+    private static void put(String opName, Class<?> cls) {
+        long hash = Nd4j.getExecutioner().getCustomOperations().get(opName).getHash();
+        try {
+            DifferentialFunctionClassHolder holder = DifferentialFunctionClassHolder.getInstance();
+            Field one = DifferentialFunctionClassHolder.class.getDeclaredField("customOpHashToClass");
+            Field many = DifferentialFunctionClassHolder.class.getDeclaredField("customOpHashToClasses");
+            one.setAccessible(true);
+            many.setAccessible(true);
+            Map<Long, Class<?>> byHash = (Map<Long, Class<?>>) one.get(holder);
+            Map<Long, Map<String, Class<?>>> byHashAndName = (Map<Long, Map<String, Class<?>>>) many.get(holder);
+            byHash.put(hash, cls);
+            if (byHashAndName.containsKey(hash)) byHashAndName.get(hash).put(opName, cls);
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException("cannot register the fixed gradient of '" + opName + "'", e);
+        }
+    }
+
+    /** Whether the op class SameDiff will instantiate for {@code opName} is our fixed one (tests check this). */
+    public static String classFor(String opName) {
+        long hash = Nd4j.getExecutioner().getCustomOperations().get(opName).getHash();
+        return DifferentialFunctionClassHolder.getInstance().customOpClassForHashAndName(hash, opName).getName();
+    }
+
+    /**
+     * {@code gather} along axis 0 with a correct gradient: the table's gradient sums the upstream rows of
+     * every occurrence of an id ({@code unsorted_segment_sum}); M2.1's overwrote rows, read the wrong upstream
+     * row, and threw for ids >= the number of ids. Other axes keep the stock gradient.
+     */
+    public static class FixedGather extends Gather {
+        public FixedGather() {}
+
+        public FixedGather(SameDiff sd, SDVariable table, SDVariable ids, int axis) {
+            super(sd, table, ids, axis);
+        }
+
+        @Override
+        public List<SDVariable> doDiff(List<SDVariable> grads) {
+            if (jaxis != 0 || args().length != 2) return super.doDiff(grads);
+            SameDiff sd = sameDiff;
+            SDVariable table = arg(0);
+            SDVariable ids = arg(1);
+            SDVariable g = grads.get(0);
+            // [ids..., rest...] -> [n, rest...]: rows of the upstream gradient, one per id
+            SDVariable tableShape = sd.shape(table);
+            SDVariable rest = sd.stridedSlice(tableShape, new long[]{1}, new long[]{0}, new long[]{1}, 0, 1, 0, 0, 0);
+            SDVariable minusOne = sd.constant(Nd4j.createFromArray(new long[]{-1}).castTo(tableShape.dataType()));
+            SDVariable rows = sd.reshape(g, sd.concat(0, minusOne, rest));
+            SDVariable flatIds = sd.reshape(ids, -1);
+            SDVariable count = sd.castTo(sd.sizeAt(table, 0), flatIds.dataType());
+            SDVariable tableGrad = new UnsortedSegmentSum(sd, rows, flatIds, count).outputVariable();
+            return Arrays.asList(tableGrad, sd.zerosLike(ids));
+        }
+    }
+
+    /**
+     * {@code select(cond, x, y)} (elementwise, same shapes) with a gradient: {@code select(cond, g, 0)} to x and
+     * {@code select(cond, 0, g)} to y. M2.1 has none. It is what lets masked ops SELECT valid positions instead
+     * of multiplying by the mask (NaN * 0 is NaN; inf * 0 is NaN).
+     */
+    public static class FixedSelect extends Select {
+        public FixedSelect() {}
+
+        public FixedSelect(SameDiff sd, SDVariable[] args) {
+            super(sd, args);
+        }
+
+        @Override
+        public List<SDVariable> doDiff(List<SDVariable> grads) {
+            SameDiff sd = sameDiff;
+            SDVariable cond = arg(0);
+            SDVariable g = grads.get(0);
+            SDVariable zeros = sd.zerosLike(g);
+            SDVariable dx = new Select(sd, new SDVariable[]{cond, g, zeros}).outputVariable();
+            SDVariable dy = new Select(sd, new SDVariable[]{cond, zeros, g}).outputVariable();
+            return Arrays.asList(sd.zerosLike(cond), dx, dy);
+        }
+    }
+
+    /** Builds a select with the fixed class (the same op libnd4j runs; only the gradient differs). */
+    public static SDVariable select(SameDiff sd, String name, SDVariable cond, SDVariable x, SDVariable y) {
+        SDVariable out = new FixedSelect(sd, new SDVariable[]{cond, x, y}).outputVariable();
+        return sd.updateVariableNameAndReference(out, name);
+    }
+
+    /** Builds a gather along {@code axis} with the fixed class. */
+    public static SDVariable gather(SameDiff sd, String name, SDVariable table, SDVariable ids, int axis) {
+        SDVariable out = new FixedGather(sd, table, ids, axis).outputVariable();
+        return sd.updateVariableNameAndReference(out, name);
+    }
+
+}
