@@ -173,11 +173,12 @@ def explain_axes(model: Model) -> str:
     tok[:, length - n_pad :] = PAD
     m[:, length - n_pad :] = 0
     # the first block's attention on its trained weights, asked for its weights too, on a probe input
-    x = masked.Masked(g.placeholder(g.unique_name("probe_x"), ("batch", "time", 32)), model.mask)
+    probe = g.placeholder(g.unique_name("probe_x"), ("batch", "time", 32))
+    x = masked.Masked(probe, model.mask)
     p = masked.AttentionParams(*(g[f"encoder/block0/attn/{w}"] for w in ("wq", "wk", "wv", "wo")))
     _, w_qk = masked.multi_head_attention(x, p, return_weights=True, name="probe")
     emb = np.random.default_rng(6).normal(size=(1, length, 32)).astype(np.float32)
-    ours, raw = g.run({x.value.name: emb, "mask": m}, [w_qk, "probe/dl4j_mha_weights"])
+    ours, raw = g.run({probe.name: emb, "mask": m}, [w_qk, "probe/dl4j_mha_weights"])
     fmt = {"precision": 2, "suppress_small": True, "max_line_width": 120}
     lines = [
         "Which axis of DL4J's [batch][heads][seq][seq] attention weights is the query axis?",

@@ -12,7 +12,8 @@ every jar in ``jars/`` plus the compiled bridge (``jars/classes``); options come
   libnd4j's OpenMP barriers made an MLM training step 3-10x slower whenever the other core was busy
   (measured; see bench/RESULTS.md).
 
-Java exceptions become :class:`JavaError` carrying the Java class and message.
+Java exceptions become :class:`JavaError` carrying the Java class and message. The JVM runs with ``-Xrs``:
+signals stay Python's (Ctrl-C is a ``KeyboardInterrupt`` between JVM calls; SIGTERM handlers are kept).
 """
 
 from __future__ import annotations
@@ -26,26 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import BackendMissing, JavaError
+
+__all__ = ["BackendMissing", "JavaError", "bridge", "dtype_enum", "java_errors", "jclass", "started"]
+
 FETCH_COMMAND = "gradle -q fetchJars   (run in the samediff_py repository; or: ./dev setup)"
-
-
-class JavaError(RuntimeError):
-    """A Java exception raised inside the JVM, re-raised in Python.
-
-    Attributes:
-        java_class: fully qualified name of the Java exception class.
-        java_message: the exception's message (``None`` if it had none).
-    """
-
-    def __init__(self, java_class: str, java_message: str | None, stack: list[str] | None = None):
-        self.java_class = java_class
-        self.java_message = java_message
-        self.java_stack = stack or []
-        super().__init__(f"{java_class}: {java_message}")
-
-
-class BackendMissing(RuntimeError):
-    """Java or the nd4j jars are not available; the message says what to run."""
 
 
 def jar_dir() -> Path:
@@ -131,6 +117,10 @@ def _jnius() -> Any:
         heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
         offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP") or _default_offheap()
         jnius_config.add_options(
+            # -Xrs: the JVM installs no SIGINT/SIGTERM/SIGHUP handlers, so Python's stay in charge: Ctrl-C
+            # raises KeyboardInterrupt between JVM calls (instead of the JVM exiting the process with 130,
+            # skipping finally/atexit), and a SIGTERM handler set before the first graph is kept
+            "-Xrs",
             f"-Xmx{heap}",
             f"-Dorg.bytedeco.javacpp.maxbytes={offheap}",
             f"-Dorg.bytedeco.javacpp.maxphysicalbytes={offheap}",

@@ -25,16 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from . import _jvm, arrays
+from . import _jvm, arrays, checks
+from .errors import FeedError, MaskError
+
+__all__ = ["FeedError", "Graph", "MaskError", "PlaceholderSpec", "Var"]
 
 Dim = int | str | None  # fixed size, named (checked for consistency across feeds), or unknown
 Shape = tuple[int | None, ...]
 
 _NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
-
-
-class MaskError(ValueError):
-    """A mask is missing, malformed, inverted-looking, or would be lost by an operation."""
+RESERVED_PREFIX = "samediff_py"  # the checkpoint's own entries (metadata) live under this name
 
 
 @dataclass(frozen=True)
@@ -179,13 +179,15 @@ class Graph:
             self.sd = _jvm.jclass("org.nd4j.autodiff.samediff.SameDiff").create()
         self.placeholders: dict[str, PlaceholderSpec] = {}
         self.vars: dict[str, Var] = {}  # every Var made through this graph, by name
-        self.meta: dict[str, Any] = {}  # Python-side metadata saved with the model (mask links, layout...)
-        # Extra validators run on every feed dict (masked.py registers mask checks here).
+        # Python-side metadata saved with the model: feed contracts ("checks"), mask links, trainer config...
+        self.meta: dict[str, Any] = {}
+        # Extra validators of your own, run on every feed dict after the declared checks. Not saved: a
+        # contract that must survive save/load is a declared check (add_check).
         self.feed_checks: list[Callable[[dict[str, np.ndarray]], None]] = []
         self._scope: list[str] = []
         self._counts: dict[str, int] = {}
         self._grad_key: tuple = ((), (), -1)
-        self._need_cache: dict[tuple[str, ...], frozenset[str]] = {}  # nodes never change once made
+        self._need_cache: dict[tuple[str, ...], frozenset[str]] = {}  # output names -> ancestors
 
     # ------------------------------------------------------------------ naming
     @contextlib.contextmanager
@@ -201,6 +203,10 @@ class Graph:
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not _NAME_OK.match(name):
             raise ValueError(f"invalid name {name!r}: use letters, digits, '_', '.', '-' (not starting with a digit)")
+        if name.split("/")[0].startswith(RESERVED_PREFIX):
+            raise ValueError(
+                f"invalid name {name!r}: names starting with {RESERVED_PREFIX!r} are reserved for checkpoints"
+            )
 
     def unique_name(self, base: str, explicit: str | None = None) -> str:
         """``explicit`` (scoped) if given, else ``base``, ``base_1``, ... (scoped); never a taken name."""
@@ -320,35 +326,48 @@ class Graph:
         return [v for v in self.vars.values() if v.kind == "variable"]
 
     # ------------------------------------------------------------------ feeding
+    def add_check(self, kind: str, **params: Any) -> None:
+        """Declare a feed contract (see :mod:`samediff_py.checks`): kept in ``meta["checks"]``, run on every
+        feed before the JVM, saved with the model and enforced again after loading. Duplicates are ignored."""
+        spec = checks.validate({"kind": kind, **params})
+        specs = self.meta.setdefault("checks", [])
+        if spec not in specs:
+            specs.append(spec)
+
     def needed_placeholders(self, outputs: Iterable[Var]) -> set[str]:
-        """Names of the placeholders the given nodes depend on (a graph walk, cached per output set: every
-        run and evaluation batch asks)."""
+        """Names of the placeholders the given nodes depend on."""
+        return {n for n in self.ancestors(outputs) if n in self.placeholders}
+
+    def ancestors(self, outputs: Iterable[Var]) -> frozenset[str]:
+        """Names of the given nodes and every node they depend on (a graph walk, cached per output set:
+        every run and evaluation batch asks; nodes never change once made)."""
         outputs = list(outputs)
         key = tuple(v.name for v in outputs)
         hit = self._need_cache.get(key)
         if hit is None:
-            hit = self._need_cache[key] = frozenset(self._walk_placeholders(outputs))
-        return set(hit)
+            seen: set[int] = set()
+            names: set[str] = set()
+            stack = list(outputs)
+            while stack:
+                v = stack.pop()
+                if id(v) in seen:
+                    continue
+                seen.add(id(v))
+                names.add(v.name)
+                stack.extend(v.parents)
+            hit = self._need_cache[key] = frozenset(names)
+        return hit
 
-    def _walk_placeholders(self, outputs: list[Var]) -> set[str]:
-        seen: set[int] = set()
-        need: set[str] = set()
-        stack = list(outputs)
-        while stack:
-            v = stack.pop()
-            if id(v) in seen:
-                continue
-            seen.add(id(v))
-            if v.kind == "placeholder":
-                need.add(v.name)
-            stack.extend(v.parents)
-        return need
-
-    def check_feeds(self, feeds: Mapping[str, Any], need: Iterable[str] = ()) -> dict[str, np.ndarray]:
-        """Validate feeds in Python (names, dtypes, ranks, fixed and named dims); return numpy arrays.
+    def check_feeds(
+        self, feeds: Mapping[str, Any], need: Iterable[str] = (), outputs: Iterable[Var] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Validate feeds in Python (names, dtypes, ranks, fixed and named dims, declared contracts); return
+        numpy arrays.
 
         Safe casts are made (int64 -> int32 when in range, float64 -> float32, bool -> number); anything
-        else raises with the placeholder's name, expected and actual shape/dtype.
+        else raises with the placeholder's name, expected and actual shape/dtype. ``need``: placeholders that
+        must be fed. ``outputs``: the nodes about to be computed; a contract declared for one node (e.g. the
+        label range of one loss) is enforced only when that node is computed (all are, if ``None``).
         """
         out: dict[str, np.ndarray] = {}
         named: dict[str, tuple[int, str]] = {}
@@ -359,6 +378,13 @@ class Graph:
                 known = ", ".join(sorted(self.placeholders)) or "none"
                 raise KeyError(f"{key!r} is not a placeholder of this graph (placeholders: {known})")
             a = _cast_feed(spec, np.asarray(value))
+            if 0 in a.shape:
+                # libnd4j crashes the process on empty batches through one_hot/gather, and gives obscure
+                # errors elsewhere: refuse them here, by name
+                raise FeedError(
+                    f"placeholder {key!r}: empty feed of shape {a.shape}: samediff_py does not run graphs on a "
+                    "batch or sequence of size 0 (skip empty batches before feeding)"
+                )
             if a.ndim != len(spec.dims):
                 raise ValueError(
                     f"placeholder {key!r}: expected rank {len(spec.dims)} shape {_fmt_dims(spec.dims)}, "
@@ -383,6 +409,11 @@ class Graph:
         missing = sorted(set(need) - set(out))
         if missing:
             raise KeyError(f"missing feed for placeholder(s) {missing}: the requested outputs depend on them")
+        specs = self.meta.get("checks", ())
+        if outputs is not None:
+            upstream = self.ancestors(outputs)
+            specs = [c for c in specs if c.get("node") is None or c["node"] in upstream]
+        checks.run(specs, out)
         for check in self.feed_checks:
             check(out)
         return out
@@ -401,14 +432,15 @@ class Graph:
     def resolve(self, outputs: Outputs) -> tuple[list[Var], Callable[[list[np.ndarray]], Any]]:
         """Flatten ``outputs`` (a Var, name, sequence or mapping) and return a function that rebuilds it."""
         if isinstance(outputs, (Var, str)):
-            return [self._as_var(outputs)], lambda r: r[0]
+            return [self.as_var(outputs)], lambda r: r[0]
         if isinstance(outputs, Mapping):
             keys = list(outputs)
-            return [self._as_var(outputs[k]) for k in keys], lambda r: dict(zip(keys, r))
-        items = [self._as_var(o) for o in outputs]
+            return [self.as_var(outputs[k]) for k in keys], lambda r: dict(zip(keys, r))
+        items = [self.as_var(o) for o in outputs]
         return items, lambda r: list(r)
 
-    def _as_var(self, o: Var | str) -> Var:
+    def as_var(self, o: Var | str) -> Var:
+        """``o`` itself if it is a Var of this graph, the node named ``o`` if it is a name; else an error."""
         if isinstance(o, Var):
             if o.graph is not self:
                 raise ValueError(f"{o!r} belongs to another graph")
@@ -419,7 +451,7 @@ class Graph:
         """Compute ``outputs`` for ``feeds``; returns numpy arrays (copies, safe across later calls) in the
         structure of ``outputs``."""
         outs, rebuild = self.resolve(outputs)
-        checked = self.check_feeds(feeds, self.needed_placeholders(outs))
+        checked = self.check_feeds(feeds, self.needed_placeholders(outs), outs)
         if not outs:
             return rebuild([])
         names, jarrs, _keep = self._java_feeds(checked)
@@ -432,12 +464,12 @@ class Graph:
     ) -> dict[str, np.ndarray]:
         """d(loss)/d(each of ``wrt``) as numpy arrays keyed by name; ``wrt`` defaults to every trainable
         variable and may include placeholders. ``loss`` must be a scalar (or is summed by SameDiff)."""
-        loss_v = self._as_var(loss)
-        targets = [self._as_var(w) for w in (wrt if wrt is not None else self.trainable())]
+        loss_v = self.as_var(loss)
+        targets = [self.as_var(w) for w in (wrt if wrt is not None else self.trainable())]
         for t in targets:
             if t.dtype.kind != "f":
                 raise TypeError(f"cannot differentiate w.r.t. {t.name!r}: dtype {t.dtype} is not floating point")
-        checked = self.check_feeds(feeds, self.needed_placeholders([loss_v]))
+        checked = self.check_feeds(feeds, self.needed_placeholders([loss_v]), [loss_v])
         self.define_gradients([loss_v], [t for t in targets if t.kind == "placeholder"])
         names, jarrs, _keep = self._java_feeds(checked)
         with _jvm.java_errors():
@@ -446,9 +478,15 @@ class Graph:
             for t, r in zip(targets, res):
                 if r is not None:
                     out[t.name] = arrays.to_numpy(r)
-                else:  # SameDiff gives no array for nodes the loss does not depend on: the gradient is zero
-                    shape = checked[t.name].shape if t.kind == "placeholder" else t.shape
-                    out[t.name] = np.zeros(shape, t.dtype)
+                    continue
+                # SameDiff gives no array for nodes the loss does not depend on: the gradient is zero
+                shape = checked[t.name].shape if t.kind == "placeholder" else t.shape
+                if None in shape:
+                    raise ValueError(
+                        f"no gradient for {t.name!r} (a {t.kind} of unknown shape {shape}): SameDiff differentiates "
+                        "w.r.t. variables and placeholders; ask for the placeholder it is computed from"
+                    )
+                out[t.name] = np.zeros(shape, t.dtype)
             return out
 
     def define_gradients(self, losses: Sequence[Var], placeholders: Sequence[Var] = ()) -> None:
@@ -467,22 +505,26 @@ class Graph:
 
     def get_value(self, var: Var | str) -> np.ndarray:
         """Current value of a variable or constant."""
-        v = self._as_var(var)
+        v = self.as_var(var)
         if v.kind not in ("variable", "constant"):
             raise ValueError(f"{v.name!r} is a {v.kind}: it has no stored value; use graph.run")
         with _jvm.java_errors():
             return arrays.to_numpy(v.j.getArr())
 
     def set_value(self, var: Var | str, value: Any) -> None:
-        """Replace a variable's value (same shape and dtype)."""
-        v = self._as_var(var)
+        """Overwrite a variable's value (same shape; cast to its dtype), in place: a live Trainer's updater
+        keeps working on the same array, so this is safe at any time (checkpoint restore, averaging)."""
+        v = self.as_var(var)
         a = np.asarray(value)
         if v.kind != "variable":
             raise ValueError(f"{v.name!r} is a {v.kind}, not a variable")
         if a.shape != v.shape:
             raise ValueError(f"variable {v.name!r}: expected shape {v.shape}, got {a.shape}")
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"variable {v.name!r}: cannot set from dtype {a.dtype}")
+        src, _keep = arrays.wrap(a.astype(v.dtype, copy=False))
         with _jvm.java_errors():
-            v.j.setArray(arrays.to_indarray(a.astype(v.dtype, copy=False)))
+            _jvm.bridge().assign(v.j, src)
 
 
 def _fmt_dims(dims: tuple[Dim, ...]) -> str:

@@ -39,7 +39,7 @@ def _raw_dl4j_attention(x: Masked, p: AttentionParams, key_mask: Var | None) -> 
         x.dtype,
         parents,
     )  # fmt: skip
-    return Masked(ops.transpose(raw, (0, 2, 1)), x.mask)
+    return Masked.derived(ops.transpose(raw, (0, 2, 1)), x.mask)
 
 
 def inverted_mask(x: Masked, p: AttentionParams) -> Masked:
@@ -56,12 +56,12 @@ def softmax_over_queries(x: Masked, p: AttentionParams) -> Masked:
     """Hand-built attention that reads DL4J's ``[B, H, Tk, Tq]`` layout as ``[B, H, Tq, Tk]``: the mask is
     applied on axis 2 (keys) but the softmax runs over axis 3 (queries)."""
     out, _ = masked.unfused_attention_core(x.value, x.value, x.mask, p, softmax_axis=3)
-    return Masked(out, x.mask)
+    return Masked.derived(out, x.mask)
 
 
 def norm_over_time(x: Masked, gain: Var, bias: Var) -> Masked:
     """Layer norm whose statistics are taken over time (axis 1): padded steps shift every valid step."""
-    return Masked(ops.layer_norm(x.value, 1, gain, bias), x.mask)
+    return Masked.derived(ops.layer_norm(x.value, 1, gain, bias), x.mask)
 
 
 def unmasked_mean(x: Masked) -> Var:
@@ -72,4 +72,4 @@ def unmasked_mean(x: Masked) -> Var:
 def loss_over_padding(logits: Masked, labels: Var) -> Var:
     """Cross-entropy that treats every position as valid (only the ignore label is skipped)."""
     everything = ops.add(ops.multiply(logits.mask, 0.0), 1.0)
-    return masked.softmax_cross_entropy(Masked(logits.value, everything), labels)
+    return masked.softmax_cross_entropy(Masked.derived(logits.value, everything), labels)

@@ -85,7 +85,6 @@ class Encoder:
     def __init__(self, g: Graph, cfg: EncoderConfig, name: str = "encoder"):
         self.graph = g
         self.cfg = cfg
-        self._checked: set[str] = set()  # token placeholders whose length is checked against max_len
         with g.scope(name):
             self.tok_emb = g.variable("tok_emb", shape=(cfg.vocab, cfg.d_model), init="normal", scale=0.5)
             self.pos_emb = g.variable("pos_emb", shape=(cfg.max_len, cfg.d_model), init="normal", scale=0.5)
@@ -95,23 +94,12 @@ class Encoder:
 
     def embed(self, tokens: Var, mask: Var) -> Masked:
         """``[batch, time]`` ids -> Masked ``[batch, time, d_model]`` (token + position embeddings)."""
-        if tokens.kind == "placeholder" and tokens.name not in self._checked:
-            self._checked.add(tokens.name)
-            self.graph.feed_checks.append(self._length_check(tokens.name))
+        if tokens.kind == "placeholder":
+            what = f"the encoder's max_len: its position table has {self.cfg.max_len} rows"
+            self.graph.add_check("length", placeholder=tokens.name, axis=1, max=self.cfg.max_len, what=what)
         x = ops.embedding(tokens, self.tok_emb)
         pos = ops.expand_dims(ops.leading_rows(self.pos_emb, tokens), 0)  # [1, time, d_model]
         return Masked(x, mask) + pos
-
-    def _length_check(self, name: str) -> Callable[[dict[str, np.ndarray]], None]:
-        def check(feeds: dict[str, np.ndarray]) -> None:
-            a = feeds.get(name)
-            if a is not None and a.ndim == 2 and a.shape[1] > self.cfg.max_len:
-                raise ValueError(
-                    f"placeholder {name!r}: sequence length {a.shape[1]} exceeds the encoder's max_len "
-                    f"{self.cfg.max_len} (its position table has {self.cfg.max_len} rows)"
-                )
-
-        return check
 
     def __call__(self, tokens: Var, mask: Var, attend: Attend = correct_attention, norm: Norm = correct_norm) -> Masked:
         h = self.embed(tokens, mask)

@@ -421,18 +421,104 @@ def one_hot(ids: Var, depth: int, dtype: Any = None, name: str | None = None) ->
     )
 
 
-def embedding(ids: Var, table: Var, name: str | None = None) -> Var:
-    """Rows of ``table [vocab, d]`` for integer ``ids [...]`` -> ``[..., d]``.
+def gather(x: Var, ids: Var, axis: int = 0, name: str | None = None) -> Var:
+    """Rows of ``x`` picked by integer ``ids``: ``out[i...] = x[ids[i...]]`` (axis 0), shape
+    ``[*ids.shape, *x.shape[1:]]``; like ``np.take(x, ids, axis=0)``.
 
-    Built as ``one_hot(ids) @ table`` on purpose: M2.1's ``gather`` gradient overwrites rows of repeated
-    ids instead of summing them (tests/test_ops.py shows both), so a gather embedding trains wrongly
-    whenever a token repeats in a batch. Ids outside ``[0, vocab)`` give zero vectors.
+    The gradient w.r.t. ``x`` sums the upstream rows of every occurrence of an id (``np.add.at``); M2.1's own
+    gather gradient is wrong even for unique ids, so samediff_py registers a fixed op class for the whole JVM
+    (``samediffpy.FixedOps``; files still hold a plain ``gather``). Ids must lie in ``[0, x.shape[0])``:
+    libnd4j does not check and would read arbitrary memory, so a placeholder's feeds are checked in Python.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> table = g.constant("table", np.arange(6.0).reshape(3, 2))
+    >>> ids = g.placeholder("ids", ("batch",), "int32")
+    >>> g.run({"ids": [2, 0, 2]}, gather(table, ids))
+    array([[4., 5.],
+           [0., 1.],
+           [4., 5.]], dtype=float32)
+    """
+    _plain(x, ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"gather needs integer ids, got {ids.dtype} for {ids.name!r}")
+    if x.rank < 1:
+        raise ValueError(f"gather needs a table of rank >= 1, got {_fmt(x.shape)}")
+    if _axis(axis, x.rank, repr(x.name)) != 0:
+        raise ValueError("gather supports axis=0 only (M2.1's gather along other axes fails at run time)")
+    g = _graph_of(x, ids)
+    if ids.kind == "placeholder" and x.shape[0] is not None:
+        g.add_check("ids", placeholder=ids.name, size=int(x.shape[0]), what=f"{x.name!r} (gather)")
+    shape = (*ids.shape, *x.shape[1:])
+    return g.op("gather", name, lambda n: _jvm.bridge().gather(g.sd, n, x.j, ids.j, 0), shape, x.dtype, (x, ids))
+
+
+def embedding(ids: Var, table: Var, name: str | None = None) -> Var:
+    """Rows of ``table [vocab, d]`` for integer ``ids [...]`` -> ``[..., d]``: a :func:`gather`, whose
+    gradient is sparse in cost (O(tokens x d), not O(tokens x vocab)). Ids outside ``[0, vocab)`` fed to a
+    placeholder are refused before the JVM runs, naming the placeholder, position and id.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> emb = g.variable("emb", np.eye(3, dtype=np.float32))
+    >>> tokens = g.placeholder("tokens", ("batch", "time"), "int32")
+    >>> g.run({"tokens": [[3, 1]]}, embedding(tokens, emb))
+    Traceback (most recent call last):
+    ...
+    samediff_py.errors.FeedError: placeholder 'tokens': id 3 at (0, 0) is outside [0, 3) of 'emb' (gather)
     """
     _plain(ids, table)
     if table.rank != 2 or table.shape[0] is None:
         raise ValueError(f"embedding table must be [vocab, d] with known vocab, got {_fmt(table.shape)}")
-    oh = one_hot(ids, table.shape[0], table.dtype)
-    return matmul(oh, table, name=name)
+    return gather(table, ids, 0, name=name)
+
+
+def zeros_like(x: Var, dtype: Any = None, name: str | None = None) -> Var:
+    """Zeros of ``x``'s (run-time) shape, in ``dtype`` (default ``x``'s); reads only ``x``'s shape."""
+    _plain(x)
+    dt = x.dtype if dtype is None else arrays.check_dtype(dtype)
+    g = x.graph
+    z = g.op("zeros_like", None if dt != x.dtype else name, lambda n: _jvm.bridge().zerosLike(g.sd, n, x.j),
+             x.shape, x.dtype, (x,))  # fmt: skip
+    return z if dt == x.dtype else cast(z, dt, name=name)
+
+
+def where(cond: Var, x: Operand, y: Operand, name: str | None = None, same_shape: bool = False) -> Var:
+    """``x`` where ``cond`` is true, else ``y`` (numpy's ``where``, with broadcasting).
+
+    A SELECT: the unchosen operand is never read, so NaN or inf there cannot leak into the result (unlike
+    ``cond * x``), and its gradient is exactly 0 there.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x = g.placeholder("x", (3,))
+    >>> g.run({"x": [1.0, np.nan, -2.0]}, where(x > 0.0, x, 0.0))
+    array([1., 0., 0.], dtype=float32)
+
+    ``same_shape=True`` skips the broadcasting ops when ``cond``, ``x`` and ``y`` are known to have equal
+    run-time shapes (libnd4j refuses the op otherwise: an error, never a wrong result).
+    """
+    _plain(cond, x, y)
+    if not isinstance(cond, Var) or cond.dtype != np.bool_:
+        raise TypeError("where: cond must be a bool Var (e.g. x > 0)")
+    like = x if isinstance(x, Var) else y
+    if not isinstance(like, Var):
+        like = None
+    if like is None:
+        raise TypeError("where: x or y must be a graph Var")
+    x, y = _pair(x, y)
+    g = _graph_of(cond, x, y)
+    shape = broadcast_shapes(broadcast_shapes(cond.shape, x.shape), y.shape)
+    # libnd4j's select needs equal shapes: broadcast each operand against zeros of the result's shape
+    if not same_shape and not (cond.shape == x.shape == y.shape and None not in shape):
+        zero = add(zeros_like(x), zeros_like(y))
+        zero = add(zero, zeros_like(cond, dtype=x.dtype))
+        x, y = add(x, zero), add(y, zero)
+        cond = greater(add(cast(cond, x.dtype), zero), 0.5)
+    return g.op("where", name, lambda n: _jvm.bridge().select(g.sd, n, cond.j, x.j, y.j), shape, x.dtype, (cond, x, y))
 
 
 # ---------------------------------------------------------------------------- activations

@@ -32,8 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from .errors import PadInvarianceError
 from .graph import Graph, Var
 from .masked import Masked
+
+__all__ = ["Finding", "PadInvarianceError", "PadReport", "assert_pad_invariant", "check_pad_invariance"]
 
 
 @dataclass
@@ -81,14 +84,6 @@ class PadReport:
         if len(self.findings) > 20:
             lines.append(f"  ... and {len(self.findings) - 20} more")
         return "\n".join(lines)
-
-
-class PadInvarianceError(AssertionError):
-    """Raised by :func:`assert_pad_invariant`; ``.report`` holds the :class:`PadReport`."""
-
-    def __init__(self, report: PadReport):
-        self.report = report
-        super().__init__(str(report))
 
 
 # ----------------------------------------------------------------------------------------------- feeds

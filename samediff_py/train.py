@@ -23,44 +23,43 @@ array([ 2., -1.], dtype=float32)
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
-from . import _jvm, arrays, masked, ops
-from .graph import Graph, PlaceholderSpec, Var
+from . import _jvm, ops
+from .checkpoint import FORMAT, ModelFileError, export_weights, import_weights, load, save
+from .errors import TrainingError
+from .graph import Graph, Var
 
-FORMAT = "samediff_py/1"
+__all__ = [
+    "FORMAT",
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "ModelFileError",
+    "Trainer",
+    "TrainingError",
+    "dropout",
+    "evaluate",
+    "export_weights",
+    "feed_inference",
+    "import_weights",
+    "load",
+    "predict",
+    "save",
+]
 DROPOUT_KEY = "train.dropout"  # graph.meta entry: keep-mask placeholder name -> {"rate", "dims"}
 TRAINER_KEY = "train.trainer"  # graph.meta entry: the last Trainer's configuration
 UPDATERS = ("adam", "sgd", "nesterov", "rmsprop")
 
 Feeds = Mapping[str, Any]
 Data = Union[Mapping[str, Any], Iterable[Feeds], Callable[[int], Iterable[Feeds]]]  # noqa: UP007 (runtime alias, py3.10)
-
-
-class ModelFileError(OSError):
-    """A model file cannot be read or written: missing, truncated, corrupt, or not a SameDiff model.
-
-    Attributes:
-        path: the file.
-        reason: what went wrong (for Java failures: the Java exception class and message).
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 def _training() -> Any:
@@ -314,7 +313,7 @@ class Trainer:
         if updater not in UPDATERS:
             raise ValueError(f"unknown updater {updater!r}: use one of {', '.join(UPDATERS)}")
         self.graph = graph
-        self.loss = graph._as_var(loss)
+        self.loss = graph.as_var(loss)
         if any(d != 1 for d in self.loss.shape if d is not None) or None in self.loss.shape:
             raise ValueError(f"the loss must be a scalar, {self.loss.name!r} has shape {self.loss.shape}")
         if self.loss.dtype.kind != "f":
@@ -375,7 +374,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _train_feeds(self, feeds: Feeds, rng: np.random.Generator) -> list[np.ndarray]:
-        checked = self.graph.check_feeds(feeds, self.inputs)
+        checked = self.graph.check_feeds(feeds, self.inputs, [self.loss])
         if self.dropouts:
             checked.update(_dropout_masks(self.graph, self.dropouts, checked, rng))
         out = []
@@ -504,12 +503,12 @@ def evaluate(
     plan: list[tuple[str, int, int | None]] = []
     for key, m in metrics.items():
         if isinstance(m, tuple):
-            num, den = graph._as_var(m[0]), graph._as_var(m[1])
+            num, den = graph.as_var(m[0]), graph.as_var(m[1])
             plan.append((key, len(flat), len(flat) + 1))
             flat += [num, den]
         else:
             plan.append((key, len(flat), None))
-            flat.append(graph._as_var(m))
+            flat.append(graph.as_var(m))
     sums = np.zeros(len(flat))
     rows = 0
     batches, total = _batches(data, 0, batch_size, False, np.random.default_rng(0))
@@ -553,188 +552,3 @@ def predict(graph: Graph, data: Data, outputs: Any, batch_size: int | None = Non
     finally:
         bar.close()
     return rebuild([np.concatenate(p, axis=0) if p and p[0].ndim else np.stack(p) for p in parts])
-
-
-# ============================================================================ save / load
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _metadata(graph: Graph) -> str:
-    doc = {
-        "format": FORMAT,
-        "dtype": graph.dtype.name,
-        "placeholders": {n: {"dims": list(s.dims), "dtype": s.dtype.name} for n, s in graph.placeholders.items()},
-        "vars": {n: {"shape": [d for d in v.shape], "kind": v.kind} for n, v in graph.vars.items()},
-        "meta": graph.meta,
-    }
-    try:
-        return json.dumps(doc, ensure_ascii=True, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"graph.meta must be JSON-serialisable to be saved: {e}") from None
-
-
-def save(graph: Graph, path: str | os.PathLike, updater_state: bool = True) -> Path:
-    """Save ``graph`` as one SameDiff FlatBuffers file (any DL4J M2.1 program can ``SameDiff.load`` it).
-
-    The Python metadata (placeholder dims incl. named ones, static shapes, ``graph.meta``: mask links,
-    dropout, trainer configuration) travels inside the same file, as a UTF-8 constant named
-    ``samediff_py.meta``, so model and metadata cannot get out of step. The write is atomic: a temporary
-    file in the same folder is written, fsynced and renamed over ``path``; an interrupted save leaves the
-    previous checkpoint intact. ``updater_state`` keeps the optimiser state (training continues exactly).
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ModelFileError(path, f"folder {folder} does not exist")
-    meta = _metadata(graph)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with _jvm.java_errors():
-            _jvm.bridge().alignOpNames(graph.sd)  # (a no-op for graphs built through Graph.op)
-            _training().setMeta(graph.sd, meta)
-            _training().saveSynced(graph.sd, tmp, bool(updater_state))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets ordinary file permissions
-        os.replace(tmp, path)
-    except _jvm.JavaError as e:
-        raise ModelFileError(path, f"save failed: {e}") from None
-    except OSError as e:
-        raise ModelFileError(path, f"save failed: {e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(folder)
-    return path
-
-
-_KINDS = {"VARIABLE": "variable", "CONSTANT": "constant", "PLACEHOLDER": "placeholder", "ARRAY": "op"}
-
-
-def load(path: str | os.PathLike, updater_state: bool = True) -> Graph:
-    """Load a model file written by :func:`save` (or any SameDiff FlatBuffers file) into a new
-    :class:`Graph`, with a Python Var for every SameDiff variable. Files without samediff_py metadata load
-    too (placeholder dims from SameDiff, unknown op shapes as ``None``). Any failure raises
-    :class:`ModelFileError` naming the file and the reason; nothing crashes."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(path, "no such file")
-    if not path.is_file():
-        raise ModelFileError(path, "not a regular file")
-    if path.stat().st_size < 8:
-        raise ModelFileError(path, f"too small to be a SameDiff model ({path.stat().st_size} bytes)")
-    try:
-        with _jvm.java_errors():
-            sd = _training().load(str(path), bool(updater_state))
-            meta_json = _training().getMeta(sd)
-            rows = list(_training().describe(sd))
-    except _jvm.JavaError as e:
-        cause = e.java_message or e.java_class
-        raise ModelFileError(path, f"not a readable SameDiff (DL4J 1.0.0-M2.1) model: {cause}") from None
-    if not rows:
-        raise ModelFileError(path, "corrupt or not a model: the file holds no variables")
-    meta: dict[str, Any] = {}
-    if meta_json is not None:
-        try:
-            meta = json.loads(meta_json)
-        except ValueError as e:
-            raise ModelFileError(path, f"corrupt samediff_py metadata: {e}") from None
-        if meta.get("format") != FORMAT:
-            raise ModelFileError(path, f"unknown samediff_py metadata format {meta.get('format')!r}")
-        present = {r.split("\t", 1)[0] for r in rows}
-        lost = sorted(set(meta.get("vars", {})) - present)
-        if lost:
-            raise ModelFileError(path, f"corrupt: variables {lost[:5]} listed in the metadata are missing")
-    return _rebuild(sd, rows, meta)
-
-
-def _rebuild(sd: Any, rows: list[str], meta: dict[str, Any]) -> Graph:
-    g = Graph(seed=0, dtype=meta.get("dtype", "float32"))
-    g.sd = sd
-    g.meta = meta.get("meta", {})
-    var_meta = meta.get("vars", {})
-    ph_meta = meta.get("placeholders", {})
-    parents: dict[str, list[str]] = {}
-    for row in rows:
-        name, jkind, jdtype, shape_s, inputs = row.split("\t")
-        dt = arrays.NUMPY_DTYPES.get(jdtype)
-        kind = _KINDS.get(jkind)
-        if dt is None or kind is None:
-            continue  # dtypes samediff_py does not model (strings, bytes...) are left to SameDiff
-        if name in var_meta:
-            shape = tuple(var_meta[name]["shape"])
-        elif shape_s == "?":
-            shape = ()
-        else:
-            shape = tuple(int(d) for d in shape_s.split(",")) if shape_s else ()
-        with _jvm.java_errors():
-            j = sd.getVariable(name)
-        v = Var(g, j, tuple(-1 if d is None else d for d in shape), dt, kind)
-        g.vars[name] = v
-        parents[name] = [p for p in inputs.split(",") if p]
-        if kind == "placeholder":
-            dims = tuple(ph_meta[name]["dims"]) if name in ph_meta else tuple(None if d is None else d for d in v.shape)
-            g.placeholders[name] = PlaceholderSpec(name, dims, dt)
-    for name, ps in parents.items():
-        g.vars[name].parents = tuple(g.vars[p] for p in ps if p in g.vars)
-    masked.restore_feed_checks(g)
-    return g
-
-
-# ============================================================================ weights as .npy
-def _npy_name(var_name: str) -> str:
-    return urllib.parse.quote(var_name, safe="") + ".npy"
-
-
-def export_weights(graph: Graph, folder: str | os.PathLike) -> list[Path]:
-    """Write every trainable variable to ``folder/<url-quoted name>.npy`` (each file atomically)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for v in graph.trainable():
-        target = folder / _npy_name(v.name)
-        tmp = folder / f".{target.name}.{os.getpid()}.tmp"  # distinct per process: concurrent exports
-        with open(tmp, "wb") as f:
-            np.save(f, graph.get_value(v))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        written.append(target)
-    _fsync_dir(folder)
-    return written
-
-
-def import_weights(graph: Graph, folder: str | os.PathLike, strict: bool = True) -> list[str]:
-    """Set trainable variables from ``folder`` (as written by :func:`export_weights`); returns the names
-    set. ``strict``: every trainable variable must have a file and every file a variable."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no weights folder {folder}")
-    files = {urllib.parse.unquote(p.name[: -len(".npy")]): p for p in folder.glob("*.npy")}
-    names = [v.name for v in graph.trainable()]
-    if strict:
-        missing = sorted(set(names) - set(files))
-        extra = sorted(set(files) - set(names))
-        if missing or extra:
-            raise ValueError(f"weights in {folder} do not match the graph: missing {missing}, unknown {extra}")
-    done = []
-    for n in names:
-        if n in files:
-            value = np.load(files[n], allow_pickle=False)
-            var = graph[n]
-            if value.dtype != var.dtype:
-                raise TypeError(f"{files[n]}: dtype {value.dtype}, variable {n!r} is {var.dtype}")
-            graph.set_value(var, value)
-            done.append(n)
-    return done

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from samediff_py import Graph, MaskError, masked, ops
+from samediff_py import FeedError, Graph, MaskError, masked, ops
 from samediff_py.masked import AttentionParams, Masked
 
 HYP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -280,7 +280,10 @@ def test_per_position_ops_keep_mask_and_values(seq):
     for o in outs.values():
         assert isinstance(o, Masked) and o.mask is x.mask
     got = g.run(fd, {k: v.value for k, v in outs.items()})
-    X, Y, bv, wv, bb = fd["x"], fd["y"], g.get_value(bias), g.get_value(w), g.get_value(b)
+    # Masked(value, mask) selects valid positions on entry: padded inputs are exactly 0 from then on
+    valid = fd["mask"][..., None] > 0
+    X, Y = np.where(valid, fd["x"], 0.0), np.where(valid, fd["y"], 0.0)
+    bv, wv, bb = g.get_value(bias), g.get_value(w), g.get_value(b)
     lin = X @ wv + bb
     want = {
         "sum": X + Y,
@@ -305,7 +308,8 @@ def test_per_position_var_on_the_left(seq):
     bias = g.variable("bias", np.arange(4.0))
     out = bias + x
     assert isinstance(out, Masked) and out.mask is x.mask
-    np.testing.assert_allclose(g.run(fd, out.value), fd["x"] + np.arange(4.0))
+    want = np.where(fd["mask"][..., None] > 0, fd["x"], 0.0) + np.arange(4.0)  # padding enters as 0
+    np.testing.assert_allclose(g.run(fd, out.value), want)
 
 
 def test_layer_norm_is_over_features_not_time(seq):
@@ -530,14 +534,14 @@ def test_cross_attention_empty_context_row_gives_zeros():
     q, mqs = padded(rng, [3, 2], 3, 4)
     c, mcs = padded(rng, [4, 0], 5, 4)  # row 1: no valid key at all
     fd = {"xq": q, "xc": c, "mq": mqs, "mc": mcs}
-    o, wt, raw = g.run(fd, [out.value, w, "x_att/dl4j_mha"])
+    o, wt, raw = g.run(fd, [out.value, w, "x_att/dl4j_mha_weights"])
     ro, rw = R.attention(q, c, mqs, mcs, *_weights(g, p))
     assert wt.shape == (2, 2, 3, 5)  # [batch, heads, Tq, Tk] with Tq != Tk
     np.testing.assert_allclose(o, ro, atol=1e-10)
     np.testing.assert_allclose(wt, rw, atol=1e-10)
     np.testing.assert_array_equal(o[1], 0.0)
     np.testing.assert_array_equal(wt[1], 0.0)
-    assert np.abs(raw[1]).max() > 1e-3  # DL4J alone would give the uniform average of all (padded) keys
+    np.testing.assert_allclose(raw[1], 1 / 5)  # DL4J alone: a uniform average over all (padded) keys
     grads = g.gradients(fd, loss, wrt=[xq, xc])
     for n in ("xq", "xc"):
         assert np.isfinite(grads[n]).all()
@@ -553,7 +557,7 @@ def test_attention_gradients_match_finite_differences():
     loss = ops.sum(ops.multiply(out.value, c))
     xs, ms = padded(rng, [4, 2], 4, 4)
     fd = {"x": xs, "mask": ms}
-    grads = g.gradients(fd, loss, wrt=[x.value, p.wq, p.wk, p.wv, p.wo])
+    grads = g.gradients(fd, loss, wrt=[g["x"], p.wq, p.wk, p.wv, p.wo])
     W = _weights(g, p)
     cv = g.get_value(c)
     # every entry against finite differences of the numpy reference, a sample against the graph itself
@@ -680,7 +684,10 @@ def test_accuracy_and_top_k_match_numpy(acc_graph):
     logits = rng.normal(size=(4, 7, 6)).astype(np.float32)
     labels = rng.integers(0, 6, (4, 7)).astype(np.int32)
     labels[rng.random((4, 7)) < 0.2] = -1
-    got = g.run({"logits": logits, "labels": labels, "mask": ms}, outs)
+    fd = {"logits": logits, "labels": labels, "mask": ms}
+    with pytest.raises(FeedError, match="label -1 .* ignore label \\(\\[4\\]\\)"):
+        g.run(fd, outs["acc_ign"])  # -1 is not acc_ign's ignore label: it would count, as a zero one-hot row
+    got = g.run(fd, {k: v for k, v in outs.items() if k != "acc_ign"})
     assert got["acc"] == pytest.approx(R.top_k_accuracy(logits, labels, ms, 1), abs=1e-6)
     relabelled = np.where(labels == -1, 4, labels).astype(np.int32)  # custom ignore value 4
     acc_ign = g.run({"logits": logits, "labels": relabelled, "mask": ms}, outs["acc_ign"])
@@ -718,8 +725,9 @@ def test_accuracy_nothing_counted_and_ties(acc_graph):
     assert got["top2"] == pytest.approx(1 / 3)  # label 1 is second in index order
     got = g.run({"logits": z, "labels": np.zeros_like(labels), "mask": [[1, 1, 0], [1, 0, 0]]}, outs)
     assert got["acc"] == 1.0  # ...and argmax (class 0) is right where the label is 0
-    got = g.run({"logits": z, "labels": np.full_like(labels, -1), "mask": [[1, 1, 0], [1, 0, 0]]}, outs)
-    assert all(v == 0.0 for k, v in got.items() if k != "acc_ign")  # acc_ign ignores 4, not -1
+    no_ign = {k: v for k, v in outs.items() if k != "acc_ign"}  # acc_ign ignores 4, not -1: it would refuse
+    got = g.run({"logits": z, "labels": np.full_like(labels, -1), "mask": [[1, 1, 0], [1, 0, 0]]}, no_ign)
+    assert all(v == 0.0 for v in got.values())
     got = g.run({"logits": z, "labels": labels, "mask": np.zeros((2, 3))}, outs)
     assert all(v == 0.0 for v in got.values())
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import reference  # tests/reference.py (pytest puts tests/ on sys.path)
 
-from samediff_py import Graph, JavaError, Var, _jvm, ops
+from samediff_py import Graph, Var, _jvm, ops
 
 RNG = np.random.default_rng(20240601)
 
@@ -579,27 +579,23 @@ def test_embedding_gradient_fd():
     check_grad(build, [randn(4, 2)], variables=True, extra={"ids": ids})
 
 
-def test_m21_gather_gradient_is_wrong_for_repeated_ids():
-    """Guards the one-hot embedding: M2.1's gather gradient does not scatter-add repeated indices.
-
-    If this test starts failing after a backend upgrade, gather's gradient has been fixed: embedding may then
-    switch to gather (faster, no [.., vocab] one-hot), keeping test_embedding_duplicate_ids_gradient_is_scatter_add.
-    """
-    vocab, d = 4, 3
-    ids = np.array([1, 1, 3, 1, 0], np.int32)
-    w = np.arange(15.0).reshape(5, 3) + 1
+def test_gather_gradient_is_fixed_for_the_whole_jvm():
+    """M2.1's gather gradient overwrites rows (wrong even for unique ids) and throws for ids >= their count;
+    samediff_py registers a fixed op class for the op's hash, so even a gather built by SameDiff itself
+    (``sd.gather``, not through samediff_py) differentiates correctly (scatter-add, as np.add.at)."""
+    assert _jvm.jclass("samediffpy.FixedOps").classFor("gather").endswith("FixedGather")
+    vocab, d = 6, 3
+    ids = np.array([5, 1, 1, 3, 5, 0, 1], np.int32)  # repeats, ids >= count, the table's last row
+    w = np.arange(21.0).reshape(7, 3) + 1
     g = Graph(dtype=np.float64)
     i = g.placeholder("ids", (None,), np.int32)
-    t = g.variable("table", np.arange(12.0).reshape(vocab, d))
-    gathered = g.op("gather", None, lambda n: _jvm.bridge().gather(g.sd, n, t.j, i.j, 0), (None, d), np.float64, (t, i))
-    np.testing.assert_array_equal(g.run({"ids": ids}, gathered), np.arange(12.0).reshape(vocab, d)[ids])  # forward ok
+    t = g.variable("table", np.arange(18.0).reshape(vocab, d))
+    stock = g.op("gather", None, lambda n: g.sd.gather(n, t.j, i.j, 0), (None, d), np.float64, (t, i))
+    np.testing.assert_array_equal(g.run({"ids": ids}, stock), np.arange(18.0).reshape(vocab, d)[ids])
     ref = np.zeros((vocab, d))
     np.add.at(ref, ids, w)
-    try:
-        got = g.gradients({"ids": ids}, ops.sum(gathered * w), [t])["table"]
-    except JavaError:
-        return  # also unusable
-    assert not np.allclose(got, ref), "M2.1 gather gradient now sums repeated ids: see the docstring"
+    got = g.gradients({"ids": ids}, ops.sum(stock * w), [t])["table"]
+    np.testing.assert_array_equal(got, ref)
 
 
 # ---------------------------------------------------------------------------- activations

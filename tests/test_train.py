@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samediff_py import Graph, _jvm, ops, train
+from samediff_py import Graph, _jvm, checkpoint, ops, train
 
 W_TRUE = np.array([[1.0], [-2.0], [0.5], [3.0]], np.float32)
 
@@ -293,17 +293,17 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     before = path.read_bytes()
     g.set_value("w2", np.ones((8, 1), np.float32))
 
-    real = train._training()
+    real = checkpoint._training()
 
     class Dying:  # writes half a file, then the process "dies" (an exception) before the rename
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def saveSynced(self, sd, tmp, upd):
+        def saveVerified(self, sd, tmp, upd, meta):
             Path(tmp).write_bytes(before[: len(before) // 2])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "_training", lambda: Dying())
+    monkeypatch.setattr(checkpoint, "_training", lambda: Dying())
     with pytest.raises(KeyboardInterrupt):
         train.save(g, path)
     monkeypatch.undo()

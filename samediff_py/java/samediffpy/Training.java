@@ -2,11 +2,22 @@ package samediffpy;
 
 import java.io.File;
 import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Set;
+import java.util.zip.CRC32C;
+
+import org.nd4j.graph.FlatGraph;
+import org.nd4j.graph.FlatVariable;
 
 import org.nd4j.autodiff.listeners.At;
 import org.nd4j.autodiff.listeners.BaseListener;
@@ -218,11 +229,21 @@ public final class Training {
 
     // ---------------------------------------------------------------- save / load
 
-    /** Stores (or replaces) the metadata JSON as a UTF-8 constant named {@link #META}. */
+    /** Footer samediff_py appends after the FlatBuffers bytes: magic, payload length, CRC32C of the payload. */
+    static final byte[] FOOTER_MAGIC = "SDPYCRC1".getBytes(StandardCharsets.US_ASCII);
+    static final int FOOTER_SIZE = 8 + 8 + 8;
+
+    /**
+     * Stores (or replaces) the metadata JSON as a UTF-8 constant named {@link #META}. The old array is removed
+     * first: M2.1's array holder "updates" an existing array of the same shape by memcpy, and every UTF-8
+     * scalar has the same shape, so a longer string was copied into the old, shorter buffer (garbage in the
+     * file, or a crash).
+     */
     public static void setMeta(SameDiff sd, String json) {
         INDArray a = Nd4j.create(json);
         if (sd.hasVariable(META)) {
-            sd.getVariable(META).setArray(a);
+            sd.getConstantArrays().removeArray(META);
+            sd.getConstantArrays().setArray(META, a);
         } else {
             sd.constant(META, a);
         }
@@ -236,8 +257,15 @@ public final class Training {
         return a.getString(0);
     }
 
-    /** Writes the FlatBuffers file to {@code path} and forces it to disk (the caller renames it into place). */
-    public static void saveSynced(SameDiff sd, String path, boolean updaterState) throws IOException {
+    /**
+     * Writes the model to {@code path} (a temporary file the caller renames into place), appends the
+     * checksum footer, forces it to disk, then reads it back and verifies it: checksum, every variable of
+     * {@code sd} present, and the metadata equal to {@code metaJson}. Any difference throws, so a bad file
+     * never replaces a good checkpoint.
+     */
+    public static void saveVerified(SameDiff sd, String path, boolean updaterState, String metaJson)
+            throws IOException {
+        setMeta(sd, metaJson);
         File f = new File(path);
         // The file must train like any DL4J model in plain Java (fit(iterator, epochs) would read label 0 for
         // the loss "evaluation"), so the loss hook is taken out for the save and put back after.
@@ -248,16 +276,99 @@ public final class Training {
         } finally {
             for (String h : hooks) requireDuringTraining(c, h);
         }
-        try (FileChannel ch = FileChannel.open(f.toPath(), StandardOpenOption.WRITE)) {
+        byte[] payload = Files.readAllBytes(f.toPath());
+        try (FileChannel ch = FileChannel.open(f.toPath(), StandardOpenOption.WRITE, StandardOpenOption.APPEND)) {
+            ByteBuffer footer = ByteBuffer.allocate(FOOTER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
+            footer.put(FOOTER_MAGIC).putLong(payload.length).putLong(crc(payload, payload.length));
+            footer.flip();
+            while (footer.hasRemaining()) ch.write(footer);
             ch.force(true);
+        }
+        verify(sd, f, metaJson);
+    }
+
+    static long crc(byte[] bytes, int length) {
+        CRC32C c = new CRC32C();
+        c.update(bytes, 0, length);
+        return c.getValue();
+    }
+
+    /** The FlatBuffers payload of a file, its checksum verified when it carries samediff_py's footer. */
+    static ByteBuffer payload(File f) throws IOException {
+        byte[] bytes = Files.readAllBytes(f.toPath());
+        int n = bytes.length;
+        if (n >= FOOTER_SIZE) {
+            ByteBuffer tail = ByteBuffer.wrap(bytes, n - FOOTER_SIZE, FOOTER_SIZE).order(ByteOrder.LITTLE_ENDIAN);
+            byte[] magic = new byte[8];
+            tail.get(magic);
+            if (Arrays.equals(magic, FOOTER_MAGIC)) {
+                long length = tail.getLong();
+                long sum = tail.getLong();
+                if (length != n - FOOTER_SIZE) {
+                    throw new IOException("corrupt: the checksum footer says " + length + " bytes of model, the file has "
+                            + (n - FOOTER_SIZE) + " (truncated or appended to)");
+                }
+                if (crc(bytes, (int) length) != sum) {
+                    throw new IOException("corrupt: checksum mismatch (the file changed after it was written)");
+                }
+                return ByteBuffer.wrap(bytes, 0, (int) length).slice();
+            }
+        }
+        // No footer: a plain SameDiff file (nothing to verify), unless it is one of ours that lost its footer
+        ByteBuffer bb = ByteBuffer.wrap(bytes);
+        boolean ours = false;
+        try {
+            FlatGraph fg = FlatGraph.getRootAsFlatGraph(bb.duplicate());
+            for (int i = 0; i < fg.variablesLength() && !ours; i++) ours = META.equals(fg.variables(i).name());
+        } catch (RuntimeException e) {
+            throw new IOException("not a SameDiff model (unreadable FlatBuffers: " + e + ")", e);
+        }
+        if (ours) {
+            throw new IOException("corrupt: a samediff_py checkpoint without its checksum footer (truncated?)");
+        }
+        return bb;
+    }
+
+    /** Re-reads a written file without building a graph: checksum, variable names, metadata. */
+    static void verify(SameDiff sd, File f, String metaJson) throws IOException {
+        ByteBuffer bb = payload(f);
+        FlatGraph fg = FlatGraph.getRootAsFlatGraph(bb);
+        Set<String> names = new HashSet<>();
+        String meta = null;
+        for (int i = 0; i < fg.variablesLength(); i++) {
+            FlatVariable v = fg.variables(i);
+            names.add(v.name());
+            if (META.equals(v.name()) && v.ndarray() != null) {
+                meta = Nd4j.createFromFlatArray(v.ndarray()).getString(0);
+            }
+        }
+        for (SDVariable v : sd.variables()) {
+            if (!names.contains(v.name())) {
+                throw new IOException("verification failed: variable " + v.name() + " is missing from the written file");
+            }
+        }
+        if (!metaJson.equals(meta)) {
+            throw new IOException("verification failed: the metadata read back differs from what was written ("
+                    + (meta == null ? "absent" : meta.length() + " vs " + metaJson.length() + " characters") + ")");
         }
     }
 
-    /** Loads a FlatBuffers file; any failure becomes an IOException carrying the original cause. */
+    /** The first trainable variable holding NaN or infinity, or null if all are finite. */
+    public static String firstNonFinite(SameDiff sd) {
+        for (SDVariable v : sd.variables()) {
+            if (v.getVariableType() != VariableType.VARIABLE || !v.dataType().isFPType()) continue;
+            INDArray a = v.getArr();
+            if (a != null && (a.isNaN().any() || a.isInfinite().any())) return v.name();
+        }
+        return null;
+    }
+
+    /** Loads a model file (its checksum verified first); any failure becomes an IOException with the cause. */
     public static SameDiff load(String path, boolean updaterState) throws IOException {
+        ByteBuffer bb = payload(new File(path));
         try {
-            SameDiff sd = SameDiff.load(new File(path), updaterState);
-            if (sd == null) throw new IOException("SameDiff.load returned null");
+            SameDiff sd = SameDiff.fromFlatBuffers(bb, updaterState);
+            if (sd == null) throw new IOException("SameDiff.fromFlatBuffers returned null");
             return sd;
         } catch (IOException e) {
             throw e;

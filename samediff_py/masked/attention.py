@@ -1,0 +1,182 @@
+"""Masked multi-head dot-product attention, with the axis convention written down.
+
+Shapes (samediff_py convention, time on axis 1):
+
+============  ===============================  ======================================
+what          samediff_py                      DL4J ``multiHeadDotProductAttention``
+============  ===============================  ======================================
+queries       ``[batch, Tq, d_in]``            ``[batch, d_in, Tq]`` (time last)
+keys/values   ``[batch, Tk, d_in]``            ``[batch, d_in, Tk]``
+mask          from ``context`` ``[batch, Tk]``  ``[batch, Tk]``, 1 = keep (M2.1)
+output        ``[batch, Tq, d_out]``           ``[batch, d_out, Tq]``
+weights       ``[batch, heads, Tq, Tk]``       ``[batch, heads, Tk, Tq]`` (axis 2 = KEYS)
+softmax over  last axis (keys)                 axis 2 (keys)
+============  ===============================  ======================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import _jvm, ops
+from ..errors import MaskError
+from ..graph import Graph, Var
+from .value import Masked, require_masked, select_valid, valid_condition, valid_counts
+
+__all__ = ["AttentionParams", "multi_head_attention", "multi_head_attention_unfused", "unfused_attention_core"]
+
+BIG = 1e9  # DL4J's additive key-mask offset, reproduced by the unfused formulation
+
+
+@dataclass
+class AttentionParams:
+    """Weights of multi-head attention in DL4J's layout: ``wq/wk/wv [heads, head_size, d_in]``,
+    ``wo [heads * head_size, d_out]``. A plain object: build it with :meth:`create` or from your own Vars."""
+
+    wq: Var
+    wk: Var
+    wv: Var
+    wo: Var
+
+    @property
+    def heads(self) -> int:
+        return int(self.wq.shape[0])
+
+    @classmethod
+    def create(
+        cls, graph: Graph, name: str, d_in: int, heads: int, head_size: int | None = None, d_out: int | None = None
+    ) -> AttentionParams:
+        """Glorot-uniform weights for ``heads`` heads of ``head_size`` (default ``d_in // heads``)."""
+        if head_size is None and d_in % heads:
+            raise ValueError(f"d_in={d_in} is not divisible by heads={heads}: pass head_size explicitly")
+        hs = head_size or d_in // heads
+        d_out = d_out or d_in
+        with graph.scope(name):
+            # fan_in of each projection is d_in; glorot over [heads*hs, d_in]
+            lim = np.sqrt(6.0 / (d_in + heads * hs))
+            mk = lambda n: graph.variable(n, graph.rng.uniform(-lim, lim, (heads, hs, d_in)))  # noqa: E731
+            return cls(mk("wq"), mk("wk"), mk("wv"), graph.variable("wo", shape=(heads * hs, d_out)))
+
+
+def _queries_to_keep(query_mask: Var, key_mask: Var) -> Var:
+    """``[batch, Tq]`` 1 where a query is valid AND its row has at least one valid key."""
+    count, _ = valid_counts(key_mask)
+    has_key = ops.cast(ops.greater(count, 0.5), query_mask.dtype)  # [batch, 1]
+    return ops.multiply(query_mask, has_key)
+
+
+def multi_head_attention(
+    query: Masked,
+    params: AttentionParams,
+    context: Masked | None = None,
+    *,
+    scaled: bool = True,
+    return_weights: bool = False,
+    name: str | None = None,
+) -> Masked | tuple[Masked, Var]:
+    """Multi-head dot-product attention of ``query`` over ``context`` (default: self-attention).
+
+    Args:
+        query: Masked ``[batch, Tq, d_in]``.
+        params: the projections (:class:`AttentionParams`, DL4J's layout).
+        context: Masked ``[batch, Tk, d_in]`` keys/values (default ``query``); its mask masks the keys.
+        scaled: divide scores by ``sqrt(head_size)``.
+        return_weights: also return the attention weights ``[batch, heads, Tq, Tk]`` (inspection only:
+            M2.1 has no gradient for that form of the op).
+
+    Returns:
+        Masked ``[batch, Tq, d_out]`` (and the weights). ``weights[b, h, i, j]`` is how much query ``i``
+        attends to key ``j``; each row of a valid query sums to 1 over the valid keys; padded keys get exactly
+        0 weight. Outputs (and weight rows) at padded queries are 0; a query row with no valid key gives 0
+        (not DL4J's uniform average). Padded positions of query and context are selected away first, so the
+        result does not depend on what they hold (NaN, inf, 1e30 included).
+
+    The table in this module's docstring maps the axes to DL4J's ``multiHeadDotProductAttention``, which
+    computes it (its key mask is applied as ``(mask - 1) * 1e9`` before the softmax).
+    """
+    query = require_masked(query, "multi_head_attention")
+    context = query if context is None else require_masked(context, "multi_head_attention (context)")
+    if query.value.rank != 3 or context.value.rank != 3:
+        raise MaskError("multi_head_attention takes [batch, time, features] values")
+    d_in = params.wq.shape[2]
+    for what, v in (("query", query.value), ("context", context.value)):
+        if v.shape[2] is not None and v.shape[2] != d_in:
+            raise ValueError(f"{what} has {v.shape[2]} features but the attention weights expect {d_in}")
+    g = query.graph
+    heads = params.heads
+    base = g.unique_name("attention", name)
+    with g.scope(base.split("/")[-1]):
+        q = ops.transpose(query.zeroed(), (0, 2, 1), name="q_cf")  # channels-first for DL4J
+        kv = q if context is query else ops.transpose(context.zeroed(), (0, 2, 1), name="kv_cf")
+        key_mask = context.mask
+        parents = (q, kv, params.wq, params.wk, params.wv, params.wo, key_mask)
+        d_out = params.wo.shape[1]
+        b_, tq, tk = query.value.shape[0], query.value.shape[1], context.value.shape[1]
+
+        def build(weights: bool) -> Callable[[str], Any]:
+            def f(n: str) -> Any:
+                outs = _jvm.bridge().attention(
+                    g.sd, n, q.j, kv.j, kv.j, params.wq.j, params.wk.j, params.wv.j, params.wo.j,
+                    key_mask.j, bool(scaled), weights,
+                )  # fmt: skip
+                return outs[1] if weights else outs[0]
+
+            return f
+
+        raw = g.op("dl4j_mha", None, build(False), (b_, d_out, tq), query.dtype, parents)
+        out_tq = ops.transpose(raw, (0, 2, 1), name="out_raw")
+        # zero padded queries, and queries that have no valid key at all (DL4J would average all keys)
+        keep_q = _queries_to_keep(query.mask, key_mask)  # [batch, Tq]
+        out = select_valid(out_tq, keep_q)
+        result = Masked.derived(out, query.mask)
+        if not return_weights:
+            return result
+        w_raw = g.op("dl4j_mha_weights", None, build(True), (b_, heads, tk, tq), query.dtype, parents)
+        w = ops.transpose(w_raw, (0, 1, 3, 2), name="weights_qk")  # -> [batch, heads, Tq, Tk]
+        keep = ops.transpose(valid_condition(keep_q, ops.transpose(w, (0, 2, 1, 3))), (0, 2, 1, 3))
+        weights = ops.where(keep, w, ops.zeros_like(w), name="weights", same_shape=True)
+        return result, weights
+
+
+def unfused_attention_core(
+    q: Var, kv: Var, key_mask: Var | None, p: AttentionParams, softmax_axis: int = 2, scaled: bool = True
+) -> tuple[Var, Var]:
+    """Attention as a chain of plain ops, with DL4J's KEY-FIRST score layout ``[B, H, Tk, Tq]``.
+
+    ``softmax_axis=2`` (keys) is correct; ``3`` normalises over queries, the mistake the DL4J user's axis
+    question invites. Returns (``[B, Tq, d_out]`` output, ``[B, H, Tk, Tq]`` weights). Used as the
+    unfused reference in benchmarks and by :mod:`samediff_py.mistakes`; prefer :func:`multi_head_attention`.
+    """
+    heads, hs = p.heads, int(p.wq.shape[1])
+
+    def project(x: Var, w: Var, h: int) -> Var:  # [B, T, F] @ w[h].T -> [B, T, hs]
+        return ops.matmul(x, ops.transpose(w[h]))
+
+    per_head = []
+    for h in range(heads):
+        s = ops.batch_matmul(project(kv, p.wk, h), project(q, p.wq, h), transpose_b=True)  # [B, Tk, Tq]
+        per_head.append(s)
+    scores = ops.stack(per_head, 1)  # [B, H, Tk, Tq]
+    if scaled:
+        scores = ops.multiply(scores, 1.0 / float(np.sqrt(hs)))
+    if key_mask is not None:
+        km = ops.expand_dims(ops.expand_dims(key_mask, 1), -1)  # [B, 1, Tk, 1]
+        scores = ops.add(scores, ops.multiply(ops.subtract(km, 1.0), BIG))
+    weights = ops.softmax(scores, softmax_axis)
+    ctx = [ops.batch_matmul(weights[:, h], project(kv, p.wv, h), transpose_a=True) for h in range(heads)]
+    return ops.matmul(ops.concat(ctx, -1), p.wo), weights  # heads concatenated head-major, as DL4J does
+
+
+def multi_head_attention_unfused(query: Masked, params: AttentionParams, context: Masked | None = None) -> Masked:
+    """Same definition as :func:`multi_head_attention`, built from plain ops (for benchmarks and as an
+    independent cross-check of the fused op)."""
+    query = require_masked(query, "multi_head_attention_unfused")
+    context = query if context is None else require_masked(context, "multi_head_attention_unfused (context)")
+    kv = query.zeroed() if context is query else context.zeroed()
+    q = kv if context is query else query.zeroed()
+    out, _ = unfused_attention_core(q, kv, context.mask, params)
+    return Masked.derived(select_valid(out, _queries_to_keep(query.mask, context.mask)), query.mask)
