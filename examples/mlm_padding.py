@@ -91,17 +91,17 @@ class Model:
 
 
 def build(variant: Variant, seed: int = 0, cfg: EncoderConfig | None = None) -> Model:
-    """The BERT-style encoder (2 blocks, width 32, 2 heads) with masked cross-entropy over MASK positions."""
+    """The BERT-style encoder (2 blocks, width 32, 2 heads) with masked cross-entropy over MASK positions.
+
+    Training projects only the MASK positions' rows onto the vocabulary (``Encoder.mlm``: loss and accuracy
+    over the counted rows); the full logits stay in the graph for evaluation."""
     cfg = cfg or EncoderConfig(vocab=VOCAB, d_model=32, heads=2, d_ff=64, layers=2, max_len=SEQ_LEN)
     g = Graph(seed=seed)
     tokens = g.placeholder("tokens", ("batch", "time"), "int32")
     labels = g.placeholder("labels", ("batch", "time"), "int32")
     mask = masked.mask_placeholder(g, "mask", tokens=tokens, pad_id=PAD)
-    enc = Encoder(g, cfg)
-    logits = enc(tokens, mask, attend=variant.attend, norm=variant.norm)
-    loss = masked.softmax_cross_entropy(logits, labels, IGNORE, name="loss", fused=True)  # the final loss
-    acc = masked.accuracy(logits, labels, IGNORE, name="accuracy")
-    return Model(variant, g, tokens, mask, labels, logits, loss, acc)
+    head = Encoder(g, cfg).mlm(tokens, mask, labels, IGNORE, attend=variant.attend, norm=variant.norm)
+    return Model(variant, g, tokens, mask, labels, head.logits, head.loss, head.accuracy)
 
 
 def batches(seed: int, steps: int, batch: int) -> Iterator[dict[str, np.ndarray]]:

@@ -9,6 +9,15 @@
 >>> logits = enc(tokens, mask)                       # Masked [batch, time, vocab]
 >>> g.run({"tokens": [[1, 2, 3, 0]], "mask": [[1, 1, 1, 0]]}, logits.value).shape
 (1, 4, 10)
+
+For training, :meth:`Encoder.mlm` projects only the positions whose label counts (the vocabulary
+projection, loss and accuracy run on those rows alone), and keeps the full logits for inference:
+
+>>> labels = g.placeholder("labels", ("batch", "time"), "int32")
+>>> head = enc.mlm(tokens, mask, labels)             # MLMHead: loss, accuracy, counted rows, full logits
+>>> g.run({"tokens": [[1, 2, 3, 0]], "mask": [[1, 1, 1, 0]], "labels": [[-1, 7, -1, -1]]},
+...       head.counted.rows).shape                   # one counted position + the extra zero-weight row
+(2, 10)
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import numpy as np
 
 from . import masked, ops
 from .graph import Graph, Var
-from .masked import AttentionParams, Masked
+from .masked import AttentionParams, CountedRows, Masked
 
 # attend(x, params) -> Masked ; norm(x, gain, bias) -> Masked. Swappable to study mistakes (see examples/).
 Attend = Callable[[Masked, AttentionParams], Masked]
@@ -101,8 +110,62 @@ class Encoder:
         pos = ops.expand_dims(ops.leading_rows(self.pos_emb, tokens), 0)  # [1, time, d_model]
         return Masked(x, mask) + pos
 
-    def __call__(self, tokens: Var, mask: Var, attend: Attend = correct_attention, norm: Norm = correct_norm) -> Masked:
+    def encode(self, tokens: Var, mask: Var, attend: Attend = correct_attention, norm: Norm = correct_norm) -> Masked:
+        """``[batch, time]`` ids -> Masked hidden states ``[batch, time, d_model]`` (embeddings + blocks)."""
         h = self.embed(tokens, mask)
         for block in self.blocks:
             h = block(h, attend, norm)
+        return h
+
+    def project(self, h: Masked) -> Masked:
+        """Hidden states -> Masked logits ``[batch, time, vocab]`` at every position (inference)."""
         return masked.dense(h, self.out_w, self.out_b)
+
+    def project_counted(self, h: Masked, labels: Var, ignore_label: int = -1) -> CountedRows:
+        """Hidden states -> logits ``[n + 1, vocab]`` at the counted positions only (mask 1, label not
+        ``ignore_label``; see :func:`samediff_py.masked.counted_rows`): what a masked-LM loss needs, at ~15 %
+        of the full projection's cost."""
+        return masked.counted_rows(h, labels, ignore_label).map(
+            lambda r: ops.add(ops.matmul(r, self.out_w), self.out_b)
+        )
+
+    def __call__(self, tokens: Var, mask: Var, attend: Attend = correct_attention, norm: Norm = correct_norm) -> Masked:
+        """Full logits, Masked ``[batch, time, vocab]``."""
+        return self.project(self.encode(tokens, mask, attend, norm))
+
+    def mlm(
+        self,
+        tokens: Var,
+        mask: Var,
+        labels: Var,
+        ignore_label: int = -1,
+        attend: Attend = correct_attention,
+        norm: Norm = correct_norm,
+        loss_name: str = "loss",
+        accuracy_name: str = "accuracy",
+    ) -> MLMHead:
+        """The masked-LM training graph: loss and accuracy over the counted positions' rows only (same values
+        and gradients as over the full logits, without the ``[batch, time, vocab]`` projection), plus the
+        full logits for inference (computed only when asked for)."""
+        h = self.encode(tokens, mask, attend, norm)
+        counted = self.project_counted(h, labels, ignore_label)
+        return MLMHead(
+            hidden=h,
+            logits=self.project(h),
+            counted=counted,
+            loss=masked.softmax_cross_entropy(counted, name=loss_name),
+            accuracy=masked.accuracy(counted, name=accuracy_name),
+        )
+
+
+@dataclass
+class MLMHead:
+    """What :meth:`Encoder.mlm` builds: ``hidden`` (Masked ``[batch, time, d_model]``), ``logits`` (Masked
+    ``[batch, time, vocab]``, every position: inference), ``counted`` (:class:`CountedRows` logits at the
+    counted positions), ``loss`` and ``accuracy`` (scalars over the counted positions)."""
+
+    hidden: Masked
+    logits: Masked
+    counted: CountedRows
+    loss: Var
+    accuracy: Var

@@ -290,6 +290,23 @@ def reshape(x: Var, shape: Sequence[int], name: str | None = None) -> Var:
     return x.graph.op("reshape", name, lambda n: _jvm.bridge().reshape(x.graph.sd, n, x.j, shape), out, x.dtype, (x,))
 
 
+def reshape_like(x: Var, like: Var, name: str | None = None) -> Var:
+    """``x`` reshaped to ``like``'s run-time shape (same number of elements; checked by libnd4j when run).
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x, like = g.placeholder("x", (None,)), g.placeholder("like", (None, None))
+    >>> g.run({"x": np.arange(4.0), "like": np.zeros((2, 2))}, reshape_like(x, like))
+    array([[0., 1.],
+           [2., 3.]], dtype=float32)
+    """
+    _plain(x, like)
+    g = _graph_of(x, like)
+    return g.op("reshape", name, lambda n: _jvm.bridge().reshapeLike(g.sd, n, x.j, like.j), like.shape, x.dtype,
+                (x, like))  # fmt: skip
+
+
 def transpose(x: Var, axes: Sequence[int] | None = None, name: str | None = None) -> Var:
     """Permute axes (reverse them if ``axes`` is None), like ``np.transpose``."""
     _plain(x)
@@ -473,6 +490,90 @@ def embedding(ids: Var, table: Var, name: str | None = None) -> Var:
     if table.rank != 2 or table.shape[0] is None:
         raise ValueError(f"embedding table must be [vocab, d] with known vocab, got {_fmt(table.shape)}")
     return gather(table, ids, 0, name=name)
+
+
+def take_along_last_axis(x: Var, ids: Var, name: str | None = None) -> Var:
+    """``out[i...] = x[i..., ids[i...]]``: one entry per row of ``x [..., n]`` picked by integer ``ids [...]``;
+    like ``np.take_along_axis(x, ids[..., None], -1)[..., 0]``.
+
+    A :func:`gather` from the flattened ``x`` at ``row * n + id`` (no ``[..., n]`` one-hot), so its gradient
+    is ``x``-shaped with the upstream gradient at the picked entries and zeros elsewhere. Ids must lie in
+    ``[0, n)`` (not checked at run time for computed ids; a placeholder's feeds are checked in Python).
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x = g.constant("x", np.arange(6.0).reshape(2, 3))
+    >>> ids = g.placeholder("ids", ("batch",), "int32")
+    >>> g.run({"ids": [2, 0]}, take_along_last_axis(x, ids))
+    array([2., 3.], dtype=float32)
+    """
+    _plain(x, ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"take_along_last_axis needs integer ids, got {ids.dtype} for {ids.name!r}")
+    if x.rank != ids.rank + 1:
+        raise ValueError(f"take_along_last_axis: x {_fmt(x.shape)} must have one axis more than ids {_fmt(ids.shape)}")
+    n = x.shape[-1]
+    if n is None:
+        raise ValueError("take_along_last_axis: the last axis of x must be known when building")
+    g = _graph_of(x, ids)
+    if ids.kind == "placeholder":
+        g.add_check(
+            "ids", placeholder=ids.name, size=int(n), what=f"the last axis of {x.name!r} (take_along_last_axis)"
+        )
+    flat_ids = ids if ids.rank == 1 else reshape(ids, [-1])
+    if flat_ids.dtype != np.int64:  # row * n + id overflows int32 beyond 2**31 entries (e.g. 70k rows x 30k)
+        flat_ids = cast(flat_ids, np.int64)
+    offsets = g.op("row_offsets", None, lambda nm: _jvm.bridge().rowOffsets(g.sd, nm, flat_ids.j, int(n)),
+                   (None,), flat_ids.dtype, (flat_ids,))  # fmt: skip
+    flat_x = reshape(x, [-1])
+    if ids.rank == 1:
+        return gather(flat_x, add(offsets, flat_ids), name=name)
+    return reshape_like(gather(flat_x, add(offsets, flat_ids)), ids, name=name)
+
+
+def sparse_softmax_cross_entropy(logits: Var, labels: Var, name: str | None = None) -> Var:
+    """Per-position softmax cross-entropy with integer labels: ``-log_softmax(logits)[..., labels]``,
+    shape ``labels.shape``; no reduction, no one-hot.
+
+    libnd4j's fused ``sparse_softmax_cross_entropy_loss_with_logits`` (stable for any logits), with the
+    gradient samediff_py registers for the whole JVM (``samediffpy.FixedOps``): the op's own backward output
+    times the upstream gradient, so the result can be weighted, masked, averaged and combined like any value
+    (M2.1's own gradient ignored what consumed the loss). Labels must lie in ``[0, classes)`` everywhere
+    (libnd4j reads out of bounds otherwise): a placeholder's feeds are checked in Python; for masked losses
+    use :func:`samediff_py.masked.softmax_cross_entropy`, which replaces ignored labels first.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> z = g.constant("z", np.log([[1.0, 1.0, 2.0], [1.0, 3.0, 4.0]]))
+    >>> y = g.placeholder("y", ("batch",), "int32")
+    >>> np.exp(-g.run({"y": [2, 1]}, sparse_softmax_cross_entropy(z, y))).round(3)   # softmax at the label
+    array([0.5  , 0.375], dtype=float32)
+    """
+    _plain(logits, labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"sparse_softmax_cross_entropy needs integer labels, got {labels.dtype} for {labels.name!r}")
+    if logits.dtype.kind != "f":
+        raise TypeError(f"sparse_softmax_cross_entropy needs float logits, got {logits.dtype}")
+    if logits.rank != labels.rank + 1 or labels.rank < 1:
+        raise ValueError(
+            f"sparse_softmax_cross_entropy: logits {_fmt(logits.shape)} must be labels {_fmt(labels.shape)} "
+            "plus a class axis"
+        )
+    classes = logits.shape[-1]
+    g = _graph_of(logits, labels)
+    if labels.kind == "placeholder" and classes is not None:
+        g.add_check("ids", placeholder=labels.name, size=int(classes), what=f"the classes of {logits.name!r}")
+    shape = broadcast_shapes(logits.shape[:-1], labels.shape)
+    return g.op(
+        "xent",
+        name,
+        lambda n: _jvm.bridge().sparseSoftmaxCrossEntropy(g.sd, n, logits.j, labels.j),
+        shape,
+        logits.dtype,
+        (logits, labels),
+    )
 
 
 def zeros_like(x: Var, dtype: Any = None, name: str | None = None) -> Var:

@@ -732,17 +732,20 @@ def test_accuracy_nothing_counted_and_ties(acc_graph):
     assert all(v == 0.0 for v in got.values())
 
 
-# =============================================================================== fused cross-entropy
-def _fused_xent_graph(fused: bool, dtype=np.float64):
+# =============================================================================== fused= (deprecated)
+def _fused_xent_graph(fused: bool | None, dtype=np.float64):
     g = Graph(seed=0, dtype=dtype)
     logits = g.variable("logits", np.random.default_rng(3).normal(size=(2, 4, 5)) * 3)
     m = masked.mask_placeholder(g, "mask", allow_empty_rows=True)
     labels = g.placeholder("labels", ("batch", "time"), "int32")
-    return g, logits, masked.softmax_cross_entropy(Masked(logits, m), labels, fused=fused)
+    if fused is None:
+        return g, logits, masked.softmax_cross_entropy(Masked(logits, m), labels)
+    with pytest.warns(DeprecationWarning, match="fused"):
+        return g, logits, masked.softmax_cross_entropy(Masked(logits, m), labels, fused=fused)
 
 
-def test_fused_cross_entropy_matches_reference_and_finite_differences():
-    g, logits, loss = _fused_xent_graph(fused=True)
+def test_cross_entropy_matches_reference_and_finite_differences_on_a_variable():
+    g, logits, loss = _fused_xent_graph(fused=None)
     mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float64)
     labels = np.array([[1, -1, 4, 2], [0, 3, 7, 7]], np.int32)  # an ignored label, junk at padding
     fd = {"mask": mask, "labels": labels}
@@ -761,20 +764,17 @@ def test_fused_cross_entropy_matches_reference_and_finite_differences():
     assert (grad[mask == 0] == 0).all() and (grad[0, 1] == 0).all()  # padding and the ignored label
 
 
-def test_fused_and_plain_cross_entropy_agree_and_nothing_counted_gives_zero():
-    (gf, _, lf), (gp, _, lp) = _fused_xent_graph(True), _fused_xent_graph(False)
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_argument_is_deprecated_gives_the_same_loss_and_composes(fused):
+    """fused= selected libnd4j's one-hot loss op (final loss only: it ignored upstream gradients). It is
+    accepted, warns, and changes nothing: the result is the sparse loss, which can be scaled or combined."""
+    (gf, _, lf), (gp, _, lp) = _fused_xent_graph(fused), _fused_xent_graph(None)
     fd = {"mask": np.array([[1, 1, 0, 0], [1, 0, 0, 0]], np.float64), "labels": np.array([[4, 0, 1, 1], [2, 1, 1, 1]])}
-    assert float(gf.run(fd, lf)) == pytest.approx(float(gp.run(fd, lp)), abs=1e-12)
-    np.testing.assert_allclose(gf.gradients(fd, lf)["logits"], gp.gradients(fd, lp)["logits"], atol=1e-12)
+    assert float(gf.run(fd, lf)) == float(gp.run(fd, lp))
+    np.testing.assert_array_equal(gf.gradients(fd, lf)["logits"], gp.gradients(fd, lp)["logits"])
+    scaled = ops.multiply(lf, 3.0)  # the old fused loss refused this
+    np.testing.assert_allclose(gf.gradients(fd, scaled)["logits"], 3 * gp.gradients(fd, lp)["logits"], rtol=1e-12)
     empty = {"mask": np.zeros((2, 4)), "labels": np.full((2, 4), -1, np.int32)}
     assert float(gf.run(empty, lf)) == 0.0
     grad = gf.gradients(empty, lf)["logits"]
     assert np.isfinite(grad).all() and (grad == 0).all()
-
-
-def test_fused_cross_entropy_refuses_to_be_scaled_or_combined():
-    g, _, loss = _fused_xent_graph(fused=True)
-    with pytest.raises(ValueError, match="fused loss.*final loss"):
-        loss * 2.0
-    with pytest.raises(ValueError, match="fused loss"):
-        ops.add(loss, loss)

@@ -1,7 +1,8 @@
 """Masked ops: values that carry their mask, and the ops that mix time steps without counting padding.
 
 ``samediff_py.masked`` is the namespace users import; its rooms are ``value`` (the :class:`Masked` value,
-mask placeholders, per-position maps, pooling), ``attention`` and ``losses``. The numpy helpers for
+mask placeholders, per-position maps, pooling), ``attention``, ``rows`` (the counted positions gathered
+into rows, for heads that only matter where a label counts) and ``losses``. The numpy helpers for
 padded batches (``pad_batch``, ``mask_from_lengths``...) live in :mod:`samediff_py.padding` and are
 re-exported here.
 
@@ -18,14 +19,17 @@ from ..errors import MaskError
 from ..padding import check_mask, mask_from_lengths, mask_from_pad, pad_batch, positions_from_mask, shift_targets
 from .attention import AttentionParams, multi_head_attention, multi_head_attention_unfused, unfused_attention_core
 from .losses import accuracy, softmax_cross_entropy, top_k_accuracy
+from .rows import CountedRows, counted_rows
 from .value import Masked, dense, layer_norm, mask_placeholder, max_pool, mean_pool, sum_pool
 
 __all__ = [
     "AttentionParams",
+    "CountedRows",
     "MaskError",
     "Masked",
     "accuracy",
     "check_mask",
+    "counted_rows",
     "dense",
     "layer_norm",
     "mask_from_lengths",

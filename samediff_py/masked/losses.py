@@ -1,29 +1,80 @@
-"""Masked losses and metrics over ``[batch, time, classes]`` logits.
+"""Masked losses and metrics over ``[batch, time, classes]`` logits, or over the counted rows only.
 
 A position COUNTS when its mask is 1 and its label is not ``ignore_label``; losses and metrics are means over
 counted positions (0, with zero gradients, when none counts). Labels outside ``[0, classes)`` at counted
 positions are refused at feed time (the contract is saved with the model).
+
+Nothing here builds a ``[..., classes]`` one-hot: the cross-entropy is libnd4j's sparse (integer-label) op
+with samediff_py's fixed gradient (:func:`samediff_py.ops.sparse_softmax_cross_entropy`), and the metrics
+gather each label's logit (:func:`samediff_py.ops.take_along_last_axis`). Every function takes either
+Masked ``[batch, time, classes]`` logits with ``[batch, time]`` labels, or :class:`CountedRows` logits
+(see :func:`samediff_py.masked.counted_rows`), which carry their labels: same values, same gradients.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from .. import _jvm, ops
+from .. import ops
 from ..errors import MaskError
 from ..graph import Var
-from .value import Masked, at_least_one, require_masked
+from .rows import CountedRows, counted_positions
+from .value import Masked, at_least_one
 
 __all__ = ["accuracy", "softmax_cross_entropy", "top_k_accuracy"]
 
-
-def counted_positions(mask: Var, labels: Var, ignore_label: int) -> Var:
-    """1 where a position counts: mask 1 and label != ignore_label; float ``[batch, time]``."""
-    not_ignored = ops.cast(ops.not_equal(labels, ignore_label), mask.dtype)
-    return ops.multiply(mask, not_ignored)
+Logits = Masked | CountedRows
 
 
-def _check_logits_labels(logits: Masked, labels: Var, what: str) -> None:
+class _Flat:
+    """What every loss/metric needs, whichever form the logits came in: ``z [..., classes]`` (padding
+    selected away), ``labels [...]`` (a valid class id everywhere), ``counted [...]`` (1 = counts)."""
+
+    def __init__(self, z: Var, labels: Var, counted: Var, mask: Var, source_labels: Var, ignore: int):
+        self.z, self.labels, self.counted = z, labels, counted
+        self.mask, self.source_labels, self.ignore = mask, source_labels, ignore
+
+    @property
+    def classes(self) -> int:
+        return int(self.z.shape[-1])
+
+
+def _safe_labels(labels: Var, keep: Var, classes: int) -> Var:
+    """``labels`` where ``keep`` and in ``[0, classes)``, else 0: libnd4j's sparse ops read out of bounds for
+    other values. Placeholder labels at counted positions are checked at feed time (a FeedError); this only
+    guards the positions that do not count and labels computed in the graph."""
+    in_range = ops.multiply(
+        ops.cast(ops.greater_equal(labels, 0), keep.dtype), ops.cast(ops.less(labels, classes), keep.dtype)
+    )
+    return ops.multiply(labels, ops.cast(ops.multiply(keep, in_range), labels.dtype))
+
+
+def _prepare(logits: Logits, labels: Var | None, ignore_label: int | None, what: str) -> _Flat:
+    if isinstance(logits, CountedRows):
+        if labels is not None and labels is not logits.source_labels:
+            raise MaskError(
+                f"{what}: these counted rows were selected with labels {logits.source_labels.name!r}, not "
+                f"{labels.name if isinstance(labels, Var) else labels!r}"
+            )
+        if ignore_label is not None and int(ignore_label) != logits.ignore_label:
+            raise MaskError(
+                f"{what}: these counted rows were selected with ignore_label={logits.ignore_label}, not {ignore_label}"
+            )
+        z = logits.rows
+        if z.rank != 2 or z.shape[1] is None:
+            raise ValueError(f"{what}: counted-row logits must be [rows, classes] with known classes, got {z.shape}")
+        if z.dtype.kind != "f":
+            raise TypeError(f"{what}: logits must be floating point, got {z.dtype}")
+        safe = _safe_labels(logits.labels, logits.weights, int(z.shape[1]))
+        return _Flat(z, safe, logits.weights, logits.mask, logits.source_labels, logits.ignore_label)
+    if not isinstance(logits, Masked):
+        raise MaskError(
+            f"{what} mixes time steps, so it needs a Masked value (Masked(value, mask)) or CountedRows; got "
+            f"{type(logits).__name__}. Running it on an unmasked padded batch would count padding."
+        )
+    ignore = -1 if ignore_label is None else int(ignore_label)
     if logits.value.rank != 3:
         raise MaskError(f"{what}: logits must be [batch, time, classes], got {logits.value.shape}")
     if not isinstance(labels, Var) or labels.dtype.kind not in "iu":
@@ -32,98 +83,115 @@ def _check_logits_labels(logits: Masked, labels: Var, what: str) -> None:
         raise ValueError(f"{what}: labels must be [batch, time], got {labels.shape}")
     if logits.value.shape[2] is None:
         raise ValueError(f"{what}: the class axis of the logits must be known when building")
+    counted = counted_positions(logits.mask, labels, ignore)
+    z = logits.zeroed()  # padded logits selected away: NaN/inf/1e38 there never reach a value or a gradient
+    return _Flat(z, _safe_labels(labels, counted, int(logits.value.shape[2])), counted, logits.mask, labels, ignore)
 
 
-def _declare_label_range(out: Var, logits: Masked, labels: Var, ignore_label: int) -> Var:
-    """A label outside [0, classes) at a counted position would one-hot to a zero row: it would count in the
-    denominator but add nothing (a silently lower loss). Declared for ``out``: enforced whenever it is
-    computed (with this op's own ignore label)."""
-    if labels.kind == "placeholder":
+def _declare_label_range(out: Var, f: _Flat) -> Var:
+    """A label outside [0, classes) at a counted position has no logit: refuse it at feed time rather than
+    count it with a made-up value. Declared for ``out``: enforced whenever it is computed (with this op's own
+    ignore label)."""
+    if f.source_labels.kind == "placeholder":
         out.graph.add_check(
             "labels",
-            labels=labels.name,
-            mask=logits.mask.name if logits.mask.kind == "placeholder" else None,
-            classes=int(logits.value.shape[2]),
-            ignore=[int(ignore_label)],
+            labels=f.source_labels.name,
+            mask=f.mask.name if f.mask.kind == "placeholder" else None,
+            classes=f.classes,
+            ignore=[int(f.ignore)],
             node=out.name,
         )
     return out
 
 
+def _mean_over_counted(per_position: Var, counted: Var, name: str) -> Var:
+    """``sum(per_position where counted) / max(#counted, 1)``: a SELECT, so whatever the uncounted positions
+    hold never reaches the value (and their gradient is exactly 0)."""
+    kept = ops.where(ops.greater(counted, 0.5), per_position, ops.zeros_like(per_position), same_shape=True)
+    return ops.divide(ops.sum(kept), at_least_one(ops.sum(counted)), name=name)
+
+
 def softmax_cross_entropy(
-    logits: Masked, labels: Var, ignore_label: int = -1, name: str | None = None, fused: bool = False
+    logits: Logits,
+    labels: Var | None = None,
+    ignore_label: int | None = None,
+    name: str | None = None,
+    fused: bool | None = None,
 ) -> Var:
     """Mean softmax cross-entropy over counted positions.
 
     Args:
-        logits: Masked ``[batch, time, classes]``.
-        labels: ``[batch, time]`` integer class ids; ``ignore_label`` marks positions that do not count.
-        fused: use libnd4j's fused loss op (only as the FINAL loss: the graph refuses any op consuming it,
-            because M2.1's loss ops ignore upstream gradients).
+        logits: Masked ``[batch, time, classes]``, or :class:`CountedRows` ``[rows, classes]`` (from
+            :func:`samediff_py.masked.counted_rows`, which carry their labels and ignore label).
+        labels: ``[batch, time]`` integer class ids (optional with counted rows: must be the ones they were
+            selected with).
+        ignore_label: marks positions that do not count (default -1; with counted rows, the one they were
+            selected with).
+        fused: deprecated, ignored (same result either way). It selected libnd4j's one-hot loss op, which
+            ignores upstream gradients; the sparse op used now is faster and composes like any value.
 
     Returns:
         A scalar: ``sum_{counted} -log_softmax(logits[b,t])[labels[b,t]] / max(#counted, 1)``; 0 (and zero
         gradients) when nothing counts. Padded logits are selected away first, so NaN/inf or huge values
-        there never reach the loss.
+        there never reach the loss. Its gradient honours whatever consumes it (scaled, summed with other
+        losses, ...).
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph, masked
+    >>> g = Graph()
+    >>> z = g.placeholder("z", ("batch", "time", 2))
+    >>> y = g.placeholder("y", ("batch", "time"), "int32")
+    >>> m = masked.mask_placeholder(g, "m")
+    >>> loss = softmax_cross_entropy(masked.Masked(z, m), y)
+    >>> float(g.run({"z": [[[0.0, 0.0], [9.0, np.nan]]], "y": [[1, 0]], "m": [[1, 0]]}, loss))  # log 2
+    0.693...
     """
-    logits = require_masked(logits, "softmax_cross_entropy")
-    _check_logits_labels(logits, labels, "softmax_cross_entropy")
-    g = logits.graph
+    if fused is not None:
+        warnings.warn(
+            "softmax_cross_entropy(fused=...) is deprecated and ignored: the loss always uses libnd4j's sparse "
+            "cross-entropy op now (no one-hot, faster, and it can be scaled or combined)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    f = _prepare(logits, labels, ignore_label, "softmax_cross_entropy")
+    g = f.z.graph
     out_name = name or g.unique_name("xent_loss").split("/")[-1]
     with g.scope(g.unique_name("xent", name).split("/")[-1]):
-        counted = counted_positions(logits.mask, labels, ignore_label)
-        z = logits.zeroed()
-        onehot = ops.one_hot(labels, logits.value.shape[2], logits.dtype)  # ignore_label < 0 -> zero row
-        if not fused:
-            logp = ops.log_softmax(z, -1)
-            nll = ops.negative(ops.sum(ops.multiply(logp, onehot), -1))  # [batch, time]
-            total = ops.sum(ops.multiply(nll, counted))
-            denom = at_least_one(ops.sum(counted))
-    if not fused:
-        return _declare_label_range(ops.divide(total, denom, name=out_name), logits, labels, ignore_label)
-    loss = g.op(
-        "xent_loss",
-        out_name,
-        lambda n: _jvm.bridge().fusedSoftmaxCrossEntropy(g.sd, n, onehot.j, z.j, counted.j),
-        (),
-        logits.dtype,
-        (onehot, z, counted),
-    )
-    g.meta.setdefault("final_only", []).append(loss.name)
-    return _declare_label_range(loss, logits, labels, ignore_label)
+        nll = ops.sparse_softmax_cross_entropy(f.z, f.labels)  # per position, no one-hot
+    return _declare_label_range(_mean_over_counted(nll, f.counted, out_name), f)
 
 
-def accuracy(logits: Masked, labels: Var, ignore_label: int = -1, name: str | None = None) -> Var:
+def accuracy(
+    logits: Logits, labels: Var | None = None, ignore_label: int | None = None, name: str | None = None
+) -> Var:
     """Fraction of counted positions (mask 1, label != ignore) whose arg-max class equals the label.
 
-    Padding never earns credit; 0 when nothing counts."""
+    Padding never earns credit; 0 when nothing counts. Takes the same logits forms as
+    :func:`softmax_cross_entropy`."""
     return top_k_accuracy(logits, labels, 1, ignore_label, name)
 
 
-def top_k_accuracy(logits: Masked, labels: Var, k: int = 5, ignore_label: int = -1, name: str | None = None) -> Var:
+def top_k_accuracy(
+    logits: Logits, labels: Var | None = None, k: int = 5, ignore_label: int | None = None, name: str | None = None
+) -> Var:
     """Fraction of counted positions whose label is among the ``k`` highest logits.
 
     Ties rank by class index (numpy's argmax order), so constant logits earn credit only for the first ``k``
-    classes, not for every label. 0 when nothing counts."""
-    logits = require_masked(logits, "top_k_accuracy")
-    _check_logits_labels(logits, labels, "top_k_accuracy")
-    g = logits.graph
+    classes, not for every label. 0 when nothing counts. Takes the same logits forms as
+    :func:`softmax_cross_entropy`; the label's logit is gathered (no one-hot)."""
+    f = _prepare(logits, labels, ignore_label, "top_k_accuracy")
+    g = f.z.graph
+    dt = f.z.dtype
     with g.scope(g.unique_name(f"top{k}_acc", name).split("/")[-1]):
-        counted = counted_positions(logits.mask, labels, ignore_label)
-        z = logits.zeroed()
-        onehot = ops.one_hot(labels, logits.value.shape[2], logits.dtype)
-        label_logit = ops.sum(ops.multiply(z, onehot), -1, keepdims=True)  # [batch, time, 1]
+        label_logit = ops.expand_dims(ops.take_along_last_axis(f.z, f.labels), -1)  # [..., 1]
         # rank of the label = classes ranked before it: larger logits, and equal logits of a smaller index
-        classes = g.constant(None, np.arange(logits.value.shape[2]), logits.dtype)
-        label_f = ops.expand_dims(ops.cast(labels, logits.dtype), -1)
+        # class ids with z's rank: M2.1 fails to broadcast [classes] against a [1, 1] label (a single row)
+        classes = g.constant(None, np.arange(f.classes).reshape((1,) * (f.z.rank - 1) + (-1,)), dt)
+        label_f = ops.expand_dims(ops.cast(f.labels, dt), -1)
         before = ops.add(
-            ops.cast(ops.greater(z, label_logit), logits.dtype),
-            ops.multiply(
-                ops.cast(ops.equal(z, label_logit), logits.dtype), ops.cast(ops.less(classes, label_f), logits.dtype)
-            ),
+            ops.cast(ops.greater(f.z, label_logit), dt),
+            ops.multiply(ops.cast(ops.equal(f.z, label_logit), dt), ops.cast(ops.less(classes, label_f), dt)),
         )
-        hit = ops.cast(ops.less(ops.sum(before, -1), float(k) - 0.5), logits.dtype)
-        denom = at_least_one(ops.sum(counted))
-        total = ops.sum(ops.multiply(hit, counted))
-    out = ops.divide(total, denom, name=name or g.unique_name(f"top{k}_accuracy").split("/")[-1])
-    return _declare_label_range(out, logits, labels, ignore_label)
+        hit = ops.cast(ops.less(ops.sum(before, -1), float(k) - 0.5), dt)
+    out = _mean_over_counted(hit, f.counted, name or g.unique_name(f"top{k}_accuracy").split("/")[-1])
+    return _declare_label_range(out, f)

@@ -122,6 +122,11 @@ public final class Bridge {
         return sd.reshape(name, x, shape);
     }
 
+    /** {@code x} reshaped to {@code like}'s run-time shape (same element count). */
+    public static SDVariable reshapeLike(SameDiff sd, String name, SDVariable x, SDVariable like) {
+        return sd.reshape(name, x, sd.shape(like));
+    }
+
     public static SDVariable permute(SameDiff sd, String name, SDVariable x, int[] axes) {
         return sd.permute(name, x, axes);
     }
@@ -170,6 +175,30 @@ public final class Bridge {
 
     public static SDVariable select(SameDiff sd, String name, SDVariable cond, SDVariable x, SDVariable y) {
         return FixedOps.select(sd, name, cond, x, y);
+    }
+
+    /** Per-position {@code -log softmax(logits)[label]} (libnd4j's op with samediff_py's fixed gradient). */
+    public static SDVariable sparseSoftmaxCrossEntropy(SameDiff sd, String name, SDVariable logits,
+                                                       SDVariable labels) {
+        return FixedOps.sparseSoftmaxCrossEntropy(sd, name, logits, labels);
+    }
+
+    /**
+     * {@code [0, step, 2*step, ...]}, one entry per element of {@code like} (its length read at run time), in
+     * {@code like}'s integer dtype: the offsets of consecutive rows of width {@code step} in a flattened array.
+     */
+    public static SDVariable rowOffsets(SameDiff sd, String name, SDVariable like, long step) {
+        DataType dt = like.dataType();
+        SDVariable n = sd.castTo(sd.prod(sd.shape(like), false, 0), dt);
+        SDVariable stepV = sd.constant(Nd4j.scalar(step).castTo(dt));
+        SDVariable zero = sd.constant(Nd4j.scalar(0L).castTo(dt));
+        return sd.range(name, zero, n.mul(stepV), stepV, dt);
+    }
+
+    /** Indices {@code [n]} (int64, ascending) where a rank-1 bool {@code cond} is true; empty -> an error-prone
+     * empty array in M2.1, so callers make sure one element is always true. */
+    public static SDVariable nonzero(SameDiff sd, String name, SDVariable cond) {
+        return sd.reshape(name, sd.where(cond), -1);
     }
 
     /**

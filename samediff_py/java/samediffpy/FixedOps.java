@@ -9,6 +9,8 @@ import org.nd4j.autodiff.samediff.SDVariable;
 import org.nd4j.autodiff.samediff.SameDiff;
 import org.nd4j.imports.converters.DifferentialFunctionClassHolder;
 import org.nd4j.linalg.api.ops.impl.controlflow.Select;
+import org.nd4j.linalg.api.ops.impl.loss.SparseSoftmaxCrossEntropyLossWithLogits;
+import org.nd4j.linalg.api.ops.impl.loss.bp.SparseSoftmaxCrossEntropyLossWithLogitsBp;
 import org.nd4j.linalg.api.ops.impl.shape.Gather;
 import org.nd4j.linalg.api.ops.impl.transforms.segment.UnsortedSegmentSum;
 import org.nd4j.linalg.factory.Nd4j;
@@ -37,6 +39,7 @@ public final class FixedOps {
         if (registered) return;
         put("gather", FixedGather.class);
         put("select", FixedSelect.class);
+        put("sparse_softmax_cross_entropy_loss_with_logits", FixedSparseSoftmaxCrossEntropy.class);
         registered = true;
     }
 
@@ -117,6 +120,43 @@ public final class FixedOps {
             SDVariable dy = new Select(sd, new SDVariable[]{cond, zeros, g}).outputVariable();
             return Arrays.asList(sd.zerosLike(cond), dx, dy);
         }
+    }
+
+    /**
+     * {@code sparse_softmax_cross_entropy_loss_with_logits(labels [...], logits [..., classes]) -> [...]}, the
+     * per-position loss {@code -log softmax(logits)[label]}, with a gradient that honours the upstream gradient:
+     * the op's own backward output (softmax - one-hot, per position) times the upstream gradient expanded over
+     * the class axis. M2.1's gradient is the backward output alone (the gradient of the SUM of all positions,
+     * whatever consumes the loss), so the loss could not be masked, weighted, averaged or combined. Labels must
+     * lie in [0, classes) everywhere (libnd4j does not check): callers replace ignored labels first.
+     */
+    public static class FixedSparseSoftmaxCrossEntropy extends SparseSoftmaxCrossEntropyLossWithLogits {
+        public FixedSparseSoftmaxCrossEntropy() {}
+
+        public FixedSparseSoftmaxCrossEntropy(SameDiff sd, SDVariable logits, SDVariable labels) {
+            super(sd, logits, labels);
+        }
+
+        @Override
+        public List<SDVariable> doDiff(List<SDVariable> grads) {
+            SameDiff sd = sameDiff;
+            SDVariable labels = arg(0);
+            SDVariable logits = arg(1);
+            SDVariable g = grads.get(0);
+            SDVariable bp = new SparseSoftmaxCrossEntropyLossWithLogitsBp(sd, logits, labels).outputVariable();
+            // [...] -> [..., 1] by reshape to shape(g) ++ [1]: M2.1's expandDims returns a [1, 1] input unchanged
+            SDVariable shape = sd.shape(g);
+            SDVariable one = sd.constant(Nd4j.createFromArray(new long[]{1}).castTo(shape.dataType()));
+            SDVariable gx = sd.reshape(g, sd.concat(0, shape, one));
+            return Arrays.asList(sd.zerosLike(labels), bp.mul(gx));
+        }
+    }
+
+    /** Builds a sparse softmax cross-entropy (per position, unreduced) with the fixed class. */
+    public static SDVariable sparseSoftmaxCrossEntropy(SameDiff sd, String name, SDVariable logits,
+                                                       SDVariable labels) {
+        SDVariable out = new FixedSparseSoftmaxCrossEntropy(sd, logits, labels).outputVariable();
+        return sd.updateVariableNameAndReference(out, name);
     }
 
     /** Builds a select with the fixed class (the same op libnd4j runs; only the gradient differs). */
