@@ -41,7 +41,9 @@ TORCH_PYTHON = ROOT / "build" / "bench-venv" / "bin" / "python"
 
 
 def build(cfg: dict, seed: int = 0):
-    """(graph, logits Masked, loss) for ``cfg``: the MLM encoder + masked cross-entropy."""
+    """(graph, logits Masked, loss) for ``cfg``: the MLM encoder + masked cross-entropy, over the counted
+    positions' rows (``Encoder.mlm``; ``cfg["head"] = "full"``: over the full logits). ``logits`` are the full
+    ``[batch, time, vocab]`` logits (inference)."""
     g = Graph(seed=seed)
     tokens = g.placeholder("tokens", ("batch", "time"), "int32")
     labels = g.placeholder("labels", ("batch", "time"), "int32")
@@ -54,9 +56,12 @@ def build(cfg: dict, seed: int = 0):
         layers=cfg["layers"],
         max_len=max(cfg["time"], 256),
     )
-    logits = Encoder(g, enc_cfg)(tokens, mask)
-    loss = masked.softmax_cross_entropy(logits, labels, IGNORE, name="loss", fused=True)  # the final loss
-    return g, logits, loss
+    enc = Encoder(g, enc_cfg)
+    if cfg.get("head", "counted") == "full":  # loss over the full [batch, time, vocab] logits
+        logits = enc(tokens, mask)
+        return g, logits, masked.softmax_cross_entropy(logits, labels, IGNORE, name="loss")
+    head = enc.mlm(tokens, mask, labels, IGNORE)  # training: logits at the counted positions only
+    return g, head.logits, head.loss
 
 
 def make_batch(rng: np.random.Generator, batch: int, time_: int, vocab: int, lengths=None) -> dict[str, np.ndarray]:

@@ -492,6 +492,24 @@ def embedding(ids: Var, table: Var, name: str | None = None) -> Var:
     return gather(table, ids, 0, name=name)
 
 
+def range_like(x: Var, step: int = 1, name: str | None = None) -> Var:
+    """``[0, step, 2 * step, ...]``: one int64 entry per element of ``x`` (its size read at run time).
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x = g.placeholder("x", (None, None))
+    >>> g.run({"x": np.zeros((2, 3))}, range_like(x, 10))
+    array([ 0, 10, 20, 30, 40, 50])
+    """
+    _plain(x)
+    like = x if x.dtype == np.int64 else cast(x, np.int64)
+    n = None if None in x.shape else int(np.prod(x.shape))
+    g = x.graph
+    return g.op("range", name, lambda nm: _jvm.bridge().rowOffsets(g.sd, nm, like.j, int(step)), (n,), np.int64,
+                (like,))  # fmt: skip
+
+
 def take_along_last_axis(x: Var, ids: Var, name: str | None = None) -> Var:
     """``out[i...] = x[i..., ids[i...]]``: one entry per row of ``x [..., n]`` picked by integer ``ids [...]``;
     like ``np.take_along_axis(x, ids[..., None], -1)[..., 0]``.
@@ -524,8 +542,7 @@ def take_along_last_axis(x: Var, ids: Var, name: str | None = None) -> Var:
     flat_ids = ids if ids.rank == 1 else reshape(ids, [-1])
     if flat_ids.dtype != np.int64:  # row * n + id overflows int32 beyond 2**31 entries (e.g. 70k rows x 30k)
         flat_ids = cast(flat_ids, np.int64)
-    offsets = g.op("row_offsets", None, lambda nm: _jvm.bridge().rowOffsets(g.sd, nm, flat_ids.j, int(n)),
-                   (None,), flat_ids.dtype, (flat_ids,))  # fmt: skip
+    offsets = range_like(flat_ids, int(n))
     flat_x = reshape(x, [-1])
     if ids.rank == 1:
         return gather(flat_x, add(offsets, flat_ids), name=name)
