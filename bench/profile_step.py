@@ -1,6 +1,7 @@
 """Where an MLM training step's time goes: SameDiff's ProfilingListener over a few steps, aggregated per op.
 
-    python bench/profile_step.py [--steps 3] [--batch 32 --time 128]
+    python bench/profile_step.py [--steps 3] [--batch 32 --time 128] [--vocab 30522 --width 256 --heads 4
+                                 --d-ff 1024 --layers 2] [--head counted|full]
 
 Prints the op count per step, the summed op time vs the step's wall time (the rest is SameDiff's own
 per-op bookkeeping, outside any op), and the ops that take the most time.
@@ -27,8 +28,8 @@ import bench_models  # noqa: E402
 from samediff_py import _jvm, train  # noqa: E402
 
 
-def main(steps: int = 3, batch: int = 32, time_: int = 128, top: int = 12) -> dict:
-    cfg = dict(bench_models.BASE, batch=batch, time=time_)
+def main(steps: int = 3, batch: int = 32, time_: int = 128, top: int = 12, **over) -> dict:
+    cfg = dict(bench_models.BASE, batch=batch, time=time_, **{k: v for k, v in over.items() if v is not None})
     g, _logits, loss = bench_models.build(cfg)
     trainer = train.Trainer(g, loss, "adam", lr=1e-3)
     rng = np.random.default_rng(0)
@@ -75,8 +76,13 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--time", type=int, default=128)
+    ap.add_argument("--top", type=int, default=12)
+    for k in ("vocab", "width", "heads", "d-ff", "layers"):
+        ap.add_argument(f"--{k}", type=int, default=None)
+    ap.add_argument("--head", choices=["counted", "full"], default=None)
     a = ap.parse_args()
-    r = main(a.steps, a.batch, a.time)
+    r = main(a.steps, a.batch, a.time, a.top, vocab=a.vocab, width=a.width, heads=a.heads, d_ff=a.d_ff,
+             layers=a.layers, head=a.head)  # fmt: skip
     print(
         f"step {r['step_ms']:.0f} ms ({r['step_ms_profiled']:.0f} ms profiled), {r['ops_per_step']:.0f} op "
         f"executions, {r['op_ms_per_step']:.0f} ms inside ops"

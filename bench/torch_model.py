@@ -5,12 +5,15 @@ Run by the benchmark venv's Python (PyTorch is not a dependency of samediff_py):
     build/bench-venv/bin/python bench/torch_model.py '{"configs": [...], "warm": 2, "repeat": 5, "threads": 1}'
 
 Prints one JSON line: per config, median ms of a training step (forward, masked cross-entropy, backward,
-Adam) and of an inference step (logits, no grad).
+Adam) and of an inference step (logits, no grad), and the process's peak RSS. ``cfg["head"]``: ``"full"``
+(default: cross-entropy over the full logits) or ``"counted"`` (the counted positions' rows are gathered
+before the vocabulary projection, like samediff_py's ``Encoder.mlm``).
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import sys
 import time
@@ -46,11 +49,28 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(d, heads, d_ff) for _ in range(layers))
         self.out = nn.Linear(d, vocab)
 
-    def forward(self, tokens, mask):
+    def hidden(self, tokens, mask):
         x = self.tok(tokens) + self.pos[: tokens.shape[1]]
         for b in self.blocks:
             x = b(x, mask)
-        return self.out(x)
+        return x
+
+    def forward(self, tokens, mask):
+        return self.out(self.hidden(tokens, mask))
+
+
+def train_loss(m: Encoder, tokens, labels, mask, head: str):
+    """Masked cross-entropy over the counted positions: ``full`` projects every position onto the vocabulary
+    (what a plain ``F.cross_entropy(ignore_index=...)`` model does); ``counted`` gathers the counted rows of
+    the hidden states first (the same head as samediff_py's ``Encoder.mlm``)."""
+    if head == "full":
+        logits = m(tokens, mask)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+    h = m.hidden(tokens, mask)
+    flat_labels = labels.reshape(-1)
+    idx = torch.nonzero((flat_labels != IGNORE) & (mask.reshape(-1) > 0)).squeeze(1)
+    rows = h.reshape(-1, h.shape[-1]).index_select(0, idx)
+    return F.cross_entropy(m.out(rows), flat_labels.index_select(0, idx))
 
 
 def batch(rng, b: int, t: int, vocab: int):
@@ -74,8 +94,7 @@ def measure(cfg: dict, warm: int, repeat: int) -> dict:
         t0 = time.perf_counter()
         m.train()
         opt.zero_grad(set_to_none=True)
-        logits = m(tokens, mask)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+        loss = train_loss(m, tokens, labels, mask, cfg.get("head", "full"))
         loss.backward()
         opt.step()
         t1 = time.perf_counter()
@@ -86,7 +105,14 @@ def measure(cfg: dict, warm: int, repeat: int) -> dict:
         if i >= warm:
             tt.append(t1 - t0)
             ti.append(t2 - t1)
-    return {"train_ms": statistics.median(tt) * 1e3, "infer_ms": statistics.median(ti) * 1e3}
+    return {
+        "train_ms": statistics.median(tt) * 1e3,
+        "infer_ms": statistics.median(ti) * 1e3,
+        "train_ms_all": [t * 1e3 for t in tt],
+        # peak resident memory of this process so far (the whole process: run one config per process to
+        # attribute it to one config)
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import CountedRows, counted_positions
+from .rows import CountedRows, counted_rows
 from .value import Masked, at_least_one
 
 __all__ = ["accuracy", "softmax_cross_entropy", "top_k_accuracy"]
@@ -83,9 +83,9 @@ def _prepare(logits: Logits, labels: Var | None, ignore_label: int | None, what:
         raise ValueError(f"{what}: labels must be [batch, time], got {labels.shape}")
     if logits.value.shape[2] is None:
         raise ValueError(f"{what}: the class axis of the logits must be known when building")
-    counted = counted_positions(logits.mask, labels, ignore)
-    z = logits.zeroed()  # padded logits selected away: NaN/inf/1e38 there never reach a value or a gradient
-    return _Flat(z, _safe_labels(labels, counted, int(logits.value.shape[2])), counted, logits.mask, labels, ignore)
+    # the counted positions' rows: padded (and ignored) logits are never read, so NaN/inf/1e38 there never
+    # reach a value or a gradient, and the loss costs O(counted x classes) beyond the logits themselves
+    return _prepare(counted_rows(logits, labels, ignore), labels, ignore, what)
 
 
 def _declare_label_range(out: Var, f: _Flat) -> Var:
