@@ -54,6 +54,21 @@ def test_gather_gradient_is_add_at_for_repeats_large_ids_and_the_last_row(id_dty
         assert not got[[2, 4, 5, 6, 7]].any()
 
 
+@pytest.mark.parametrize("ids", [[2], [[3]], [[1], [3]]], ids=["one_id", "one_by_one", "column"])
+def test_gather_gradient_of_a_single_id_lands_on_its_row(ids):
+    """One id (a batch of one token, one counted row): libnd4j's segment sum took the [1, d] rows for a vector
+    and summed its elements as segments, so the gradient landed on row 0 with wrong values."""
+    ids = np.array(ids, np.int32)
+    table = np.arange(20.0).reshape(4, 5)
+    g = Graph(dtype=np.float64)
+    i = g.placeholder("ids", (None,) * ids.ndim, "int32")
+    t = g.variable("table", table)
+    got = g.gradients({"ids": ids}, ops.sum(ops.square(ops.gather(t, i))), [t])["table"]
+    ref = np.zeros_like(table)
+    np.add.at(ref, ids, 2 * table[ids])
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_gather_gradient_matches_central_differences():
     ids = np.array([4, 0, 4, 4, 2], np.int32)
     table0 = np.random.default_rng(1).normal(size=(5, 2))

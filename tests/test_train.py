@@ -438,37 +438,45 @@ def test_plain_java_program_runs_the_saved_model(tmp_path):
 
 
 def test_encoder_checkpoint_loads_in_python_and_java_and_resumes_identically(tmp_path):
-    """The MLM encoder (attention, fused layer norm, rank-3 matmuls, masked loss) through save/load: M2.1's
-    loader wires auto-named ops to same-named variables unless op names match their outputs."""
+    """The MLM encoder (gather embedding, attention, fused layer norm, rank-3 matmuls, the loss and accuracy
+    over the counted rows: Where, gathers, the sparse cross-entropy) through save/load: it trains on in
+    Python exactly as the original does, and a plain Java program WITHOUT samediff_py's classes on its
+    classpath (stock DL4J op classes only) loads the file and computes the same logits, loss and accuracy.
+    M2.1's loader wires auto-named ops to same-named variables unless op names match their outputs."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
     import mlm_padding as M
 
     m = M.build(M.VARIANTS[0])
+    ops_in_graph = {op.getOp().opName() for op in m.graph.sd.getOps().values().toArray()}
+    assert {"gather", "Where", "sparse_softmax_cross_entropy_loss_with_logits"} <= ops_in_graph
     batches = list(M.batches(seed=3, steps=3, batch=8))
     trainer = train.Trainer(m.graph, m.loss, "adam", lr=3e-3)
     trainer.step(batches[0])
     path = train.save(m.graph, tmp_path / "mlm.sdz")
     g2 = train.load(path)
     fd = batches[1]
-    loaded_logits = g2.run(fd, m.logits.value.name)
-    np.testing.assert_array_equal(loaded_logits, m.graph.run(fd, m.logits.value))
+    outs = [m.logits.value.name, m.loss.name, m.accuracy.name]
+    loaded = g2.run(fd, outs)
+    for a, b in zip(loaded, m.graph.run(fd, outs)):
+        np.testing.assert_array_equal(a, b)
     resumed = train.Trainer.restore(g2)
     assert [resumed.step(b) for b in batches[1:]] == [trainer.step(b) for b in batches[1:]]
 
-    np.save(tmp_path / "tokens.npy", fd["tokens"])
-    np.save(tmp_path / "mask.npy", fd["mask"])
+    for k in ("tokens", "mask", "labels"):
+        np.save(tmp_path / f"{k}.npy", fd[k])
     classes = tmp_path / "classes"
-    cp = _java_cp()
+    cp = os.pathsep.join(sorted(str(p) for p in _jvm.jar_dir().glob("*.jar")))  # DL4J's jars, not samediffpy
     src = Path(__file__).parent / "java" / "RunSaved.java"
     subprocess.run(["javac", "-nowarn", "-d", str(classes), "-cp", cp, str(src)], check=True, capture_output=True)
     out = subprocess.run(
-        ["java", "-cp", f"{classes}{os.pathsep}{cp}", "RunSaved", str(path), str(tmp_path), m.logits.value.name,
-         f"tokens={tmp_path / 'tokens.npy'}", f"mask={tmp_path / 'mask.npy'}"],
+        ["java", "-cp", f"{classes}{os.pathsep}{cp}", "RunSaved", str(path), str(tmp_path), ",".join(outs),
+         *(f"{k}={tmp_path / (k + '.npy')}" for k in ("tokens", "mask", "labels"))],
         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    java = np.load(tmp_path / (m.logits.value.name.replace("/", "__") + ".npy"))
-    np.testing.assert_allclose(java, loaded_logits, rtol=1e-5, atol=1e-5)
+    for name, py in zip(outs, loaded):
+        java = np.load(tmp_path / (name.replace("/", "__") + ".npy"))
+        np.testing.assert_allclose(java, py, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 # ---------------------------------------------------------------------------- soak: no native leak per step

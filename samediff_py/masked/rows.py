@@ -143,7 +143,8 @@ def counted_rows(x: Masked, labels: Var, ignore_label: int = -1, name: str | Non
         # at row 0 (padding) cannot leak. Cheaper than a zero row behind the whole [B*T, ...] value (a copy
         # of all of it: 250 MB for [16 x 128, 30522] logits).
         pick = ops.multiply(ops.add(ops.range_like(keep), 1), keep)
-        rows = ops.gather(ops.concat([ops.zeros_like(raw[:1]), raw], 0), pick, name="rows")
+        zero_row = g.constant(None, np.zeros((1, *feat)), x.dtype)
+        rows = ops.gather(ops.concat([zero_row, raw], 0), pick, name="rows")
         safe = ops.multiply(labels, ops.cast(counted_bt, labels.dtype))  # ignored labels -> 0
         zero = g.constant("zero", np.zeros(1, labels.dtype))
         row_labels = ops.gather(ops.concat([ops.reshape(safe, [-1]), zero], 0), index, name="labels")

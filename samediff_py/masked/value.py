@@ -134,7 +134,7 @@ def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
         filler = ops.zeros_like(value) if fill == 0.0 else ops.add(ops.zeros_like(value), fill)
         return ops.where(valid_condition(mask, value), value, filler, same_shape=True)
     flat = ops.reshape(value, [-1, int(np.prod(feat))])
-    filler = ops.zeros_like(flat[:1]) if fill == 0.0 else ops.add(ops.zeros_like(flat[:1]), fill)
+    filler = value.graph.constant(None, np.full((1, int(np.prod(feat))), fill), value.dtype)
     rows = ops.gather(ops.concat([filler, flat], 0), valid_row_index(mask))
     return ops.reshape_like(rows, value)
 

@@ -86,14 +86,17 @@ public final class FixedOps {
             SDVariable table = arg(0);
             SDVariable ids = arg(1);
             SDVariable g = grads.get(0);
-            // [ids..., rest...] -> [n, rest...]: rows of the upstream gradient, one per id
+            // [ids..., rest...] -> [n, 1, rest...]: rows of the upstream gradient, one per id. The extra unit
+            // axis keeps the segment sum's input at rank >= 3: libnd4j takes a [1, d] input (a single id) for a
+            // vector and sums its ELEMENTS as segments (the gradient of gather(table, [2]) landed on row 0).
             SDVariable tableShape = sd.shape(table);
             SDVariable rest = sd.stridedSlice(tableShape, new long[]{1}, new long[]{0}, new long[]{1}, 0, 1, 0, 0, 0);
-            SDVariable minusOne = sd.constant(Nd4j.createFromArray(new long[]{-1}).castTo(tableShape.dataType()));
-            SDVariable rows = sd.reshape(g, sd.concat(0, minusOne, rest));
+            SDVariable lead = sd.constant(Nd4j.createFromArray(new long[]{-1, 1}).castTo(tableShape.dataType()));
+            SDVariable rows = sd.reshape(g, sd.concat(0, lead, rest));
             SDVariable flatIds = sd.reshape(ids, -1);
             SDVariable count = sd.castTo(sd.sizeAt(table, 0), flatIds.dataType());
-            SDVariable tableGrad = new UnsortedSegmentSum(sd, rows, flatIds, count).outputVariable();
+            SDVariable summed = new UnsortedSegmentSum(sd, rows, flatIds, count).outputVariable();  // [rows, 1, rest...]
+            SDVariable tableGrad = sd.reshape(summed, tableShape);
             return Arrays.asList(tableGrad, sd.zerosLike(ids));
         }
     }

@@ -230,7 +230,7 @@ public final class Training {
         requireCurrent(s);
         Map<String, INDArray> ph = new HashMap<>();
         for (int i = 0; i < feats.length; i++) ph.put(s.features[i], feats[i]);
-        OutAndGrad og = s.sd.calculateGradientsAndOutputs(ph, Collections.singletonList(s.loss), Arrays.asList(s.params));
+        OutAndGrad og = Bridge.gradientsAndOutputs(s.sd, ph, Collections.singletonList(s.loss), Arrays.asList(s.params));
         INDArray l = og.getOutputs().get(s.loss);
         s.lastLoss = l.isScalar() ? l.getDouble(0) : l.sumNumber().doubleValue();
         Map<String, INDArray> g = og.getGradients();
