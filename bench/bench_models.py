@@ -57,10 +57,15 @@ def build(cfg: dict, seed: int = 0):
         max_len=max(cfg["time"], 256),
     )
     enc = Encoder(g, enc_cfg)
+    impl = cfg.get("attn")  # None: the library's default attention
+
+    def attend(x, p):
+        return masked.multi_head_attention(x, p, impl=impl)
+
     if cfg.get("head", "counted") == "full":  # loss over the full [batch, time, vocab] logits
-        logits = enc(tokens, mask)
+        logits = enc(tokens, mask, attend=attend)
         return g, logits, masked.softmax_cross_entropy(logits, labels, IGNORE, name="loss")
-    head = enc.mlm(tokens, mask, labels, IGNORE)  # training: logits at the counted positions only
+    head = enc.mlm(tokens, mask, labels, IGNORE, attend=attend)  # training: logits at the counted positions only
     return g, head.logits, head.loss
 
 

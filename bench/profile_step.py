@@ -80,9 +80,10 @@ if __name__ == "__main__":
     for k in ("vocab", "width", "heads", "d-ff", "layers"):
         ap.add_argument(f"--{k}", type=int, default=None)
     ap.add_argument("--head", choices=["counted", "full"], default=None)
+    ap.add_argument("--attn", choices=["fused", "batched"], default=None)
     a = ap.parse_args()
     r = main(a.steps, a.batch, a.time, a.top, vocab=a.vocab, width=a.width, heads=a.heads, d_ff=a.d_ff,
-             layers=a.layers, head=a.head)  # fmt: skip
+             layers=a.layers, head=a.head, attn=a.attn)  # fmt: skip
     print(
         f"step {r['step_ms']:.0f} ms ({r['step_ms_profiled']:.0f} ms profiled), {r['ops_per_step']:.0f} op "
         f"executions, {r['op_ms_per_step']:.0f} ms inside ops"

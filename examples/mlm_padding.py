@@ -176,7 +176,7 @@ def explain_axes(model: Model) -> str:
     probe = g.placeholder(g.unique_name("probe_x"), ("batch", "time", 32))
     x = masked.Masked(probe, model.mask)
     p = masked.AttentionParams(*(g[f"encoder/block0/attn/{w}"] for w in ("wq", "wk", "wv", "wo")))
-    _, w_qk = masked.multi_head_attention(x, p, return_weights=True, name="probe")
+    _, w_qk = masked.multi_head_attention(x, p, return_weights=True, name="probe", impl="fused")  # DL4J's raw node
     emb = np.random.default_rng(6).normal(size=(1, length, 32)).astype(np.float32)
     ours, raw = g.run({probe.name: emb, "mask": m}, [w_qk, "probe/dl4j_mha_weights"])
     fmt = {"precision": 2, "suppress_small": True, "max_line_width": 120}

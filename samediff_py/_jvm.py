@@ -7,6 +7,15 @@ every jar in ``jars/`` plus the compiled bridge (``jars/classes``); options come
 - ``SAMEDIFF_PY_HEAP``: maximum heap, e.g. ``4g`` (default ``4g``); nd4j keeps arrays off-heap, so
   ``SAMEDIFF_PY_OFFHEAP`` (default: half the RAM, at most ``16g``) bounds that (javacpp's ``maxbytes``).
 - ``SAMEDIFF_PY_JVM_OPTS``: further options, split on whitespace.
+- ``SAMEDIFF_PY_ARRAY_CACHE``: megabytes of released intermediate arrays a SameDiff session keeps for reuse
+  (default ``0``: each array is freed as soon as its last consumer ran; ``-1``: M2.1's own cache, up to a
+  quarter of the off-heap limit). Shapes that change per batch rarely reuse anything, and the cache made
+  resident memory grow.
+- ``SAMEDIFF_PY_MMAP_THRESHOLD``: bytes from which the C allocator (glibc) maps each allocation separately
+  and unmaps it when freed (default ``1048576``; ``0`` leaves glibc's own policy). glibc's default threshold
+  grows with the arrays freed, after which big nd4j arrays are carved from its heap and their memory is
+  never returned: the BERT-vocabulary training step kept ~2 GB resident instead of ~1 GB
+  (bench/FINDINGS.md). Set once, before the JVM starts; it applies to the whole process.
 - ``SAMEDIFF_PY_THREADS``: OpenMP threads for nd4j's native ops (default: ``OMP_NUM_THREADS`` if set, else 1).
   One thread is the default because the graphs this library targets are many small ops: with 2 threads,
   libnd4j's OpenMP barriers made an MLM training step 3-10x slower whenever the other core was busy
@@ -88,6 +97,21 @@ def _default_offheap() -> str:
         return "4g"
 
 
+def _set_mmap_threshold(value: str) -> None:
+    """glibc's M_MMAP_THRESHOLD (a fixed value also turns off its dynamic growth); no-op elsewhere or at 0."""
+    n = int(value)
+    if n <= 0 or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, n)
+
+
 def _check_java() -> None:
     if os.environ.get("JAVA_HOME") or shutil.which("java"):
         return
@@ -116,6 +140,8 @@ def _jnius() -> Any:
         os.environ["OMP_NUM_THREADS"] = threads
         heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
         offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP") or _default_offheap()
+        _set_mmap_threshold(os.environ.get("SAMEDIFF_PY_MMAP_THRESHOLD", str(1 << 20)))
+        cache_mb = int(os.environ.get("SAMEDIFF_PY_ARRAY_CACHE", "0"))
         jnius_config.add_options(
             # -Xrs: the JVM installs no SIGINT/SIGTERM/SIGHUP handlers, so Python's stay in charge: Ctrl-C
             # raises KeyboardInterrupt between JVM calls (instead of the JVM exiting the process with 130,
@@ -124,6 +150,7 @@ def _jnius() -> Any:
             f"-Xmx{heap}",
             f"-Dorg.bytedeco.javacpp.maxbytes={offheap}",
             f"-Dorg.bytedeco.javacpp.maxphysicalbytes={offheap}",
+            f"-Dsamediffpy.arrayCacheMB={cache_mb}",
             *os.environ.get("SAMEDIFF_PY_JVM_OPTS", "").split(),
         )
         jnius_config.set_classpath(*classpath)

@@ -307,6 +307,32 @@ def reshape_like(x: Var, like: Var, name: str | None = None) -> Var:
                 (x, like))  # fmt: skip
 
 
+def reshape_tail(x: Var, keep: int, tail: Sequence[int], name: str | None = None) -> Var:
+    """Keep the first ``keep`` axes of ``x`` (sizes read at run time, so they may be unknown when building)
+    and reshape the rest to ``tail``: ``[B, T, H * hs] -> [B, T, H, hs]`` is ``reshape_tail(x, 2, (H, hs))``.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x = g.placeholder("x", (None, None, 4))
+    >>> reshape_tail(x, 2, (2, 2)).shape
+    (None, None, 2, 2)
+    >>> g.run({"x": np.arange(8.0).reshape(1, 2, 4)}, reshape_tail(x, 1, (8,)))
+    array([[0., 1., 2., 3., 4., 5., 6., 7.]], dtype=float32)
+    """
+    _plain(x)
+    keep = int(keep)
+    tail = [int(t) for t in tail]
+    if not 0 <= keep <= x.rank or any(t < 1 for t in tail):
+        raise ValueError(f"reshape_tail: keep must be in [0, {x.rank}] and tail sizes >= 1, got {keep}, {tail}")
+    rest = x.shape[keep:]
+    if None not in rest and int(np.prod(rest)) != int(np.prod(tail)):
+        raise ValueError(f"reshape_tail: cannot reshape the trailing axes {_fmt(rest)} of {x.name!r} into {tail}")
+    g = x.graph
+    return g.op("reshape", name, lambda n: _jvm.bridge().reshapeTail(g.sd, n, x.j, keep, tail),
+                (*x.shape[:keep], *tail), x.dtype, (x,))  # fmt: skip
+
+
 def transpose(x: Var, axes: Sequence[int] | None = None, name: str | None = None) -> Var:
     """Permute axes (reverse them if ``axes`` is None), like ``np.transpose``."""
     _plain(x)
@@ -681,10 +707,18 @@ def square(x: Var, name: str | None = None) -> Var:
 
 
 def softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
-    """``exp(x) / sum(exp(x), axis)``. For attention over padded keys use :mod:`samediff_py.masked`."""
+    """``exp(x) / sum(exp(x), axis)``, computed stably. For attention over padded keys use
+    :mod:`samediff_py.masked`.
+
+    The input is shifted by its maximum along ``axis`` first: M2.1's softmax op is not, so a row whose
+    entries all lie ~745 (float64) / ~88 (float32) below zero gives 0/0 = NaN (a fully masked attention row,
+    ``-1e9`` everywhere), and entries above ~88 (float32) overflow (tests/test_ops.py::
+    test_softmax_is_stable_far_from_zero). The shift's gradient cancels (softmax is shift-invariant).
+    """
     _plain(x)
     (ax,) = _axes(x, axis)
-    return _unary("softmax", x, lambda n: _jvm.bridge().softmax(x.graph.sd, n, x.j, ax), name)
+    shifted = subtract(x, max(x, ax, keepdims=True))
+    return _unary("softmax", shifted, lambda n: _jvm.bridge().softmax(x.graph.sd, n, shifted.j, ax), name)
 
 
 def log_softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:

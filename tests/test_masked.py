@@ -5,6 +5,8 @@ samediff_py's own code."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import reference as R
@@ -12,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from samediff_py import FeedError, Graph, MaskError, masked, ops
+from samediff_py import FeedError, Graph, MaskError, Var, masked, ops
 from samediff_py.masked import AttentionParams, Masked
 
 HYP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -474,13 +476,14 @@ def _weights(g, p):
     return [g.get_value(v) for v in (p.wq, p.wk, p.wv, p.wo)]
 
 
+@pytest.mark.parametrize("impl", masked.attention.IMPLS)
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-10)])
-def test_attention_matches_reference(dtype, tol):
+def test_attention_matches_reference(dtype, tol, impl):
     g, x, p = _attn_graph(dtype)
-    out, w = masked.multi_head_attention(x, p, return_weights=True, name="att")
+    out, w = masked.multi_head_attention(x, p, return_weights=True, name="att", impl=impl)
     rng = np.random.default_rng(3)
     xs, ms = padded(rng, [5, 3, 1], 5, 6)  # huge values at padded keys
-    o, wt, raw = g.run({"x": xs, "mask": ms}, [out.value, w, "att/dl4j_mha_weights"])
+    o, wt = g.run({"x": xs, "mask": ms}, [out.value, w])
     ro, rw = R.attention(xs, xs, ms, ms, *_weights(g, p))
     assert o.shape == (3, 5, 6) and wt.shape == (3, 2, 5, 5)
     np.testing.assert_allclose(o, ro, atol=tol, rtol=tol)
@@ -492,7 +495,10 @@ def test_attention_matches_reference(dtype, tol):
     # padded queries: zero outputs and zero weight rows
     np.testing.assert_array_equal(o[ms == 0], 0.0)
     np.testing.assert_array_equal(wt.transpose(0, 2, 1, 3)[ms == 0], 0.0)
+    if impl != "fused":
+        return
     # the raw DL4J node is [batch, heads, KEY, QUERY]: the transpose, softmax over axis 2
+    raw = g.run({"x": xs, "mask": ms}, "att/dl4j_mha_weights")
     assert raw.shape == (3, 2, 5, 5)
     valid_q = (ms == 1)[:, None, None, :]
     np.testing.assert_allclose(np.where(valid_q, raw, 0), rw.transpose(0, 1, 3, 2), atol=tol, rtol=tol)
@@ -504,7 +510,7 @@ def test_attention_mask_polarity_is_1_keep():
     """Fails if the backend flips the mask formula (upstream master, 2023): compare the outputs with
     the reference under both polarities."""
     g, x, p = _attn_graph(np.float64)
-    out = masked.multi_head_attention(x, p, name="att")
+    out = masked.multi_head_attention(x, p, name="att", impl="fused")  # the raw DL4J node is checked
     rng = np.random.default_rng(4)
     xs, ms = padded(rng, [6, 4, 2], 6, 6, huge=1.0)  # ordinary values at padding: polarity alone decides
     xs[ms == 0] = rng.normal(size=xs[ms == 0].shape)
@@ -520,7 +526,8 @@ def test_attention_mask_polarity_is_1_keep():
     assert np.abs(raw_q[ms == 1] - wrong[ms == 1]).max() > 0.1  # the flipped formula would be far off
 
 
-def test_cross_attention_empty_context_row_gives_zeros():
+@pytest.mark.parametrize("impl", masked.attention.IMPLS)
+def test_cross_attention_empty_context_row_gives_zeros(impl):
     g = Graph(seed=5, dtype=np.float64)
     xq = g.placeholder("xq", ("batch", "tq", 4))
     xc = g.placeholder("xc", ("batch", "tk", 4))
@@ -528,20 +535,24 @@ def test_cross_attention_empty_context_row_gives_zeros():
     mc = masked.mask_placeholder(g, "mc", ("batch", "tk"), allow_empty_rows=True)
     p = AttentionParams.create(g, "p", 4, 2)
     g.set_value(p.wo, np.random.default_rng(0).normal(size=p.wo.shape))
-    out, w = masked.multi_head_attention(Masked(xq, mq), p, Masked(xc, mc), return_weights=True, name="x_att")
+    out, w = masked.multi_head_attention(
+        Masked(xq, mq), p, Masked(xc, mc), return_weights=True, name="x_att", impl=impl
+    )
     loss = ops.sum(ops.square(out.value))
     rng = np.random.default_rng(6)
     q, mqs = padded(rng, [3, 2], 3, 4)
     c, mcs = padded(rng, [4, 0], 5, 4)  # row 1: no valid key at all
     fd = {"xq": q, "xc": c, "mq": mqs, "mc": mcs}
-    o, wt, raw = g.run(fd, [out.value, w, "x_att/dl4j_mha_weights"])
+    o, wt = g.run(fd, [out.value, w])
     ro, rw = R.attention(q, c, mqs, mcs, *_weights(g, p))
     assert wt.shape == (2, 2, 3, 5)  # [batch, heads, Tq, Tk] with Tq != Tk
     np.testing.assert_allclose(o, ro, atol=1e-10)
     np.testing.assert_allclose(wt, rw, atol=1e-10)
     np.testing.assert_array_equal(o[1], 0.0)
     np.testing.assert_array_equal(wt[1], 0.0)
-    np.testing.assert_allclose(raw[1], 1 / 5)  # DL4J alone: a uniform average over all (padded) keys
+    if impl == "fused":
+        raw = g.run(fd, "x_att/dl4j_mha_weights")
+        np.testing.assert_allclose(raw[1], 1 / 5)  # DL4J alone: a uniform average over all (padded) keys
     grads = g.gradients(fd, loss, wrt=[xq, xc])
     for n in ("xq", "xc"):
         assert np.isfinite(grads[n]).all()
@@ -549,9 +560,10 @@ def test_cross_attention_empty_context_row_gives_zeros():
     assert np.abs(grads["xq"][0, :3]).max() > 0
 
 
-def test_attention_gradients_match_finite_differences():
+@pytest.mark.parametrize("impl", masked.attention.IMPLS)
+def test_attention_gradients_match_finite_differences(impl):
     g, x, p = _attn_graph(np.float64, d=4, heads=2, seed=8)
-    out = masked.multi_head_attention(x, p)
+    out = masked.multi_head_attention(x, p, impl=impl)
     rng = np.random.default_rng(9)
     c = g.constant("c", rng.normal(size=(2, 4, 4)))
     loss = ops.sum(ops.multiply(out.value, c))
@@ -581,19 +593,64 @@ def test_attention_gradients_match_finite_differences():
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-10)])
-def test_fused_and_unfused_attention_agree(dtype, tol):
-    g, x, p = _attn_graph(dtype, seed=12)
-    fused = masked.multi_head_attention(x, p)
-    unfused = masked.multi_head_attention_unfused(x, p)
-    loss_f, loss_u = ops.sum(ops.square(fused.value)), ops.sum(ops.square(unfused.value))
+def test_fused_batched_and_unfused_attention_agree(dtype, tol):
+    """The three formulations (DL4J's fused op, batched heads, per-head plain ops) on one graph: same
+    outputs and gradients, an empty row included (allow_empty_rows)."""
+    g = Graph(seed=12, dtype=dtype)
+    x = Masked(g.placeholder("x", ("batch", "time", 6)), masked.mask_placeholder(g, "mask", allow_empty_rows=True))
+    p = AttentionParams.create(g, "p", 6, 2)
+    g.set_value(p.wo, np.random.default_rng(12).normal(size=p.wo.shape) * 0.5)
+    outs = {
+        "fused": masked.multi_head_attention(x, p, impl="fused"),
+        "batched": masked.multi_head_attention(x, p, impl="batched"),
+        "unfused": masked.multi_head_attention_unfused(x, p),
+    }
+    losses = {k: ops.sum(ops.square(v.value)) for k, v in outs.items()}
     rng = np.random.default_rng(13)
-    xs, ms = padded(rng, [5, 4, 1], 5, 6)
+    xs, ms = padded(rng, [5, 4, 1, 0], 5, 6)
     fd = {"x": xs, "mask": ms}
-    a, b = g.run(fd, [fused.value, unfused.value])
-    np.testing.assert_allclose(a, b, atol=tol, rtol=tol)
-    ga, gb = g.gradients(fd, loss_f), g.gradients(fd, loss_u)
-    for k in ga:
-        np.testing.assert_allclose(ga[k], gb[k], atol=10 * tol, rtol=10 * tol, err_msg=k)
+    got = g.run(fd, {k: v.value for k, v in outs.items()})
+    grads = {k: g.gradients(fd, v) for k, v in losses.items()}
+    for other in ("batched", "unfused"):
+        np.testing.assert_allclose(got[other], got["fused"], atol=tol, rtol=tol, err_msg=other)
+        for k in grads["fused"]:
+            assert np.isfinite(grads[other][k]).all(), (other, k)
+            np.testing.assert_allclose(grads[other][k], grads["fused"][k], atol=10 * tol, rtol=10 * tol, err_msg=k)
+    np.testing.assert_array_equal(got["batched"][3], 0.0)  # the empty row
+
+
+def test_batched_attention_honours_optional_biases():
+    """bq, bk, bv (after each projection) and bo (after the output projection), if the params carry them."""
+
+    @dataclass
+    class BiasedParams(AttentionParams):
+        bq: Var | None = None
+        bk: Var | None = None
+        bv: Var | None = None
+        bo: Var | None = None
+
+    g, x, p = _attn_graph(np.float64, d=4, heads=2, seed=3)
+    rng = np.random.default_rng(4)
+    bq, bk, bv = (g.variable(n, rng.normal(size=(2, 2))) for n in ("bq", "bk", "bv"))  # [heads, head_size]
+    bo = g.variable("bo", rng.normal(size=4))
+    bp = BiasedParams(p.wq, p.wk, p.wv, p.wo, bq, bk, bv, bo)
+    out, w = masked.multi_head_attention(x, bp, return_weights=True)  # biases: the batched path, whatever default
+    xs, ms = padded(rng, [4, 2], 4, 4)
+    o, wt = g.run({"x": xs, "mask": ms}, [out.value, w])
+    wq, wk, wv, wo = _weights(g, p)
+    xz = np.where(ms[..., None] > 0, xs, 0.0)
+    q = np.einsum("btf,hsf->bhts", xz, wq) + g.get_value(bq)[None, :, None, :]
+    k = np.einsum("btf,hsf->bhts", xz, wk) + g.get_value(bk)[None, :, None, :]
+    v = np.einsum("btf,hsf->bhts", xz, wv) + g.get_value(bv)[None, :, None, :]
+    s = np.einsum("bhqs,bhks->bhqk", q, k) / np.sqrt(2) + ((ms - 1) * 1e9)[:, None, None, :]
+    ref_w = R.softmax(s) * (ms > 0)[:, None, :, None]
+    ctx = np.einsum("bhqk,bhks->bqhs", ref_w, v).reshape(2, 4, 4)
+    ref_o = (ctx @ wo + g.get_value(bo)) * (ms > 0)[..., None]
+    np.testing.assert_allclose(o, ref_o, atol=1e-10)
+    np.testing.assert_allclose(wt, ref_w, atol=1e-10)
+    grads = g.gradients({"x": xs, "mask": ms}, ops.sum(ops.square(out.value)), [bq, bk, bv, bo])
+    assert all(np.abs(v).max() > 0 for k, v in grads.items() if k != "bk")  # bk shifts every score equally
+    np.testing.assert_allclose(grads["bk"], 0.0, atol=1e-10)
 
 
 # =============================================================================== 5. cross-entropy

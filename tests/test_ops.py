@@ -663,6 +663,17 @@ def test_log_softmax(axis):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_is_stable_far_from_zero(dtype):
+    """M2.1's softmax op does not shift by the maximum: -1e9 everywhere (a fully masked attention row) was
+    0/0 = NaN, and logits above ~88 overflowed in float32."""
+    a = np.array([[-1e9, -1e9, -1e9, -1e9], [1000.0, 999.0, 0.0, -1e9], [-1000.0, -1001.0, -1000.0, -2000.0]])
+    got, _ = forward(lambda x: ops.softmax(x, -1), a.astype(dtype), dtype=dtype)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, reference.softmax(a), rtol=1e-6, atol=1e-30)
+    check_grad(lambda x: ops.softmax(x, -1), [a[1:] / 100.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("axis", [-1, 0])
 def test_log_softmax_is_stable_for_large_logits(dtype, axis):
     """M2.1's fused logSoftmax gives -inf here (log of an underflowed softmax); -inf * 0 is NaN in a loss."""

@@ -27,7 +27,14 @@ from ..errors import MaskError
 from ..graph import Graph, Var
 from .value import Masked, require_masked, select_valid, valid_condition, valid_counts
 
-__all__ = ["AttentionParams", "multi_head_attention", "multi_head_attention_unfused", "unfused_attention_core"]
+__all__ = [
+    "DEFAULT_IMPL",
+    "IMPLS",
+    "AttentionParams",
+    "multi_head_attention",
+    "multi_head_attention_unfused",
+    "unfused_attention_core",
+]
 
 BIG = 1e9  # DL4J's additive key-mask offset, reproduced by the unfused formulation
 
@@ -69,6 +76,10 @@ def _queries_to_keep(query_mask: Var, key_mask: Var) -> Var:
     return ops.multiply(query_mask, has_key)
 
 
+IMPLS = ("fused", "batched")
+DEFAULT_IMPL = "batched"  # faster forward + backward: bench/bench_attention.py, bench/FINDINGS.md
+
+
 def multi_head_attention(
     query: Masked,
     params: AttentionParams,
@@ -77,6 +88,7 @@ def multi_head_attention(
     scaled: bool = True,
     return_weights: bool = False,
     name: str | None = None,
+    impl: str | None = None,
 ) -> Masked | tuple[Masked, Var]:
     """Multi-head dot-product attention of ``query`` over ``context`` (default: self-attention).
 
@@ -95,8 +107,12 @@ def multi_head_attention(
         (not DL4J's uniform average). Padded positions of query and context are selected away first, so the
         result does not depend on what they hold (NaN, inf, 1e30 included).
 
-    The table in this module's docstring maps the axes to DL4J's ``multiHeadDotProductAttention``, which
-    computes it (its key mask is applied as ``(mask - 1) * 1e9`` before the softmax).
+    ``impl``: ``"fused"`` (DL4J's ``multiHeadDotProductAttention``; the table in this module's docstring maps
+    its axes; its key mask is applied as ``(mask - 1) * 1e9`` before the softmax) or ``"batched"`` (one
+    projection per Q/K/V, heads as a batch axis ``[batch, heads, time, head_size]``, batched matmuls, the
+    same additive key mask; it also honours optional biases ``bq, bk, bv, bo`` on ``params``, and its
+    weights output has a gradient). Both compute the same function (tests cross-check them); the default
+    (``None``) is :data:`DEFAULT_IMPL`, the faster one measured here.
     """
     query = require_masked(query, "multi_head_attention")
     context = query if context is None else require_masked(context, "multi_head_attention (context)")
@@ -106,6 +122,13 @@ def multi_head_attention(
     for what, v in (("query", query.value), ("context", context.value)):
         if v.shape[2] is not None and v.shape[2] != d_in:
             raise ValueError(f"{what} has {v.shape[2]} features but the attention weights expect {d_in}")
+    impl = DEFAULT_IMPL if impl is None else impl
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "fused" and any(_bias(params, b) is not None for b in ("bq", "bk", "bv", "bo")):
+        impl = "batched"  # DL4J's fused op has no biases
+    if impl == "batched":
+        return _batched_attention(query, params, context, scaled, return_weights, name)
     g = query.graph
     heads = params.heads
     base = g.unique_name("attention", name)
@@ -140,6 +163,53 @@ def multi_head_attention(
         keep = ops.transpose(valid_condition(keep_q, ops.transpose(w, (0, 2, 1, 3))), (0, 2, 1, 3))
         weights = ops.where(keep, w, ops.zeros_like(w), name="weights", same_shape=True)
         return result, weights
+
+
+def _bias(params: AttentionParams, which: str) -> Var | None:
+    """An optional bias of ``params`` (``bq``, ``bk``, ``bv``, ``bo``); None when absent or not a field."""
+    return getattr(params, which, None)
+
+
+def _project_heads(x: Var, w: Var, b: Var | None, heads: int, hs: int) -> Var:
+    """``[B, T, d] -> [B, heads, T, hs]`` with ``w [heads, hs, d]`` (DL4J's layout) as ONE ``[d, heads*hs]``
+    projection (plus the optional bias ``[heads*hs]`` or ``[heads, hs]``)."""
+    d = int(w.shape[2])
+    y = ops.matmul(x, ops.transpose(ops.reshape(w, [heads * hs, d])))  # [B, T, heads*hs]
+    if b is not None:
+        y = ops.add(y, ops.reshape(b, [heads * hs]))
+    return ops.transpose(ops.reshape_tail(y, 2, (heads, hs)), (0, 2, 1, 3))
+
+
+def _batched_attention(
+    query: Masked, params: AttentionParams, context: Masked, scaled: bool, return_weights: bool, name: str | None
+) -> Masked | tuple[Masked, Var]:
+    """multi_head_attention(impl="batched"): the same masking rules as the fused path."""
+    g = query.graph
+    heads, hs = params.heads, int(params.wq.shape[1])
+    with g.scope(g.unique_name("attention", name).split("/")[-1]):
+        kv = context.zeroed()  # padded keys and values selected to exactly 0 first
+        xq = kv if context is query else query.zeroed()
+        q = _project_heads(xq, params.wq, _bias(params, "bq"), heads, hs)
+        if scaled:
+            q = ops.multiply(q, 1.0 / float(np.sqrt(hs)))
+        k = _project_heads(kv, params.wk, _bias(params, "bk"), heads, hs)
+        v = _project_heads(kv, params.wv, _bias(params, "bv"), heads, hs)
+        scores = ops.batch_matmul(q, k, transpose_b=True)  # [B, H, Tq, Tk]
+        # DL4J's key mask: (mask - 1) * 1e9 added before the softmax (padded keys get exactly 0 weight)
+        offset = ops.multiply(ops.subtract(context.mask, 1.0), BIG)  # [B, Tk]
+        scores = ops.add(scores, ops.expand_dims(ops.expand_dims(offset, 1), 1))
+        w = ops.softmax(scores, -1, name="softmax")
+        ctx = ops.transpose(ops.batch_matmul(w, v), (0, 2, 1, 3))  # [B, Tq, H, hs]
+        out = ops.matmul(ops.reshape_tail(ctx, 2, (heads * hs,)), params.wo)  # heads concatenated head-major
+        bo = _bias(params, "bo")
+        if bo is not None:
+            out = ops.add(out, bo)
+        keep_q = _queries_to_keep(query.mask, context.mask)  # [B, Tq]
+        result = Masked.derived(select_valid(out, keep_q), query.mask)
+        if not return_weights:
+            return result
+        w_q = select_valid(ops.transpose(w, (0, 2, 1, 3)), keep_q)  # [B, Tq, H, Tk], zero rows where not kept
+        return result, ops.transpose(w_q, (0, 2, 1, 3), name="weights")
 
 
 def unfused_attention_core(

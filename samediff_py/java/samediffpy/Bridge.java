@@ -35,6 +35,8 @@ public final class Bridge {
     static {
         Nd4j.getBackend();  // NativeOpsHolder needs the backend's properties loaded first
         FixedOps.register();  // before any gradient function exists: see FixedOps
+        long cacheMB = Long.getLong("samediffpy.arrayCacheMB", -1L);
+        if (cacheMB >= 0) SessionMemory.install(cacheMB << 20);  // -1: M2.1's own (25 % of maxBytes)
     }
 
     // ---------------------------------------------------------------- arrays
@@ -131,6 +133,14 @@ public final class Bridge {
         return sd.reshape(name, x, sd.shape(like));
     }
 
+    /** {@code x} reshaped to {@code shape(x)[:keep] ++ tail}: the leading dims read at run time. */
+    public static SDVariable reshapeTail(SameDiff sd, String name, SDVariable x, int keep, long[] tail) {
+        SDVariable shape = sd.shape(name + "/shape", x);
+        SDVariable lead = sd.stridedSlice(name + "/lead", shape, new long[]{0}, new long[]{keep}, new long[]{1});
+        SDVariable rest = sd.constant(name + "/tail", Nd4j.createFromArray(tail).castTo(lead.dataType()));
+        return sd.reshape(name, x, sd.concat(name + "/newshape", 0, lead, rest));
+    }
+
     public static SDVariable permute(SameDiff sd, String name, SDVariable x, int[] axes) {
         return sd.permute(name, x, axes);
     }
@@ -171,6 +181,11 @@ public final class Bridge {
                                           new long[]{rank - 1}, new long[]{1});
         SDVariable tail = sd.constant(name + "/tail", Nd4j.createFromArray(new long[]{e}).castTo(lead.dataType()));
         return sd.reshape(name, y, sd.concat(name + "/outshape", 0, lead, tail));
+    }
+
+    /** {@code tensordot(x, w, axesX, axesW)} as one op (libnd4j's tensormmul). */
+    public static SDVariable tensorMmul(SameDiff sd, String name, SDVariable x, SDVariable w, int[] axesX, int[] axesW) {
+        return sd.tensorMmul(name, x, w, axesX, axesW);
     }
 
     public static SDVariable gather(SameDiff sd, String name, SDVariable table, SDVariable ids, int axis) {
