@@ -183,11 +183,6 @@ public final class Bridge {
         return sd.reshape(name, y, sd.concat(name + "/outshape", 0, lead, tail));
     }
 
-    /** {@code tensordot(x, w, axesX, axesW)} as one op (libnd4j's tensormmul). */
-    public static SDVariable tensorMmul(SameDiff sd, String name, SDVariable x, SDVariable w, int[] axesX, int[] axesW) {
-        return sd.tensorMmul(name, x, w, axesX, axesW);
-    }
-
     public static SDVariable gather(SameDiff sd, String name, SDVariable table, SDVariable ids, int axis) {
         return FixedOps.gather(sd, name, table, ids, axis);
     }
