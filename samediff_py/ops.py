@@ -527,9 +527,74 @@ def relu(x: Var, name: str | None = None) -> Var:
     return _unary("relu", x, lambda n: x.graph.sd.nn().relu(n, x.j, 0.0), name)
 
 
-def gelu(x: Var, name: str | None = None) -> Var:
-    """Gaussian error linear unit in SameDiff's sigmoid form: ``x * sigmoid(1.702 x)`` (not the erf form)."""
-    return _unary("gelu", x, lambda n: x.graph.sd.nn().gelu(n, x.j), name)
+GELU_FORMS = ("none", "tanh", "sigmoid")
+
+
+def gelu(x: Var, approximate: str = "none", name: str | None = None) -> Var:
+    """Gaussian error linear unit, in one of three forms (the names of PyTorch's ``approximate`` argument,
+    plus DL4J's own):
+
+    - ``"none"`` (default): the exact form ``0.5 x (1 + erf(x / sqrt(2)))``: PyTorch's ``gelu``, Hugging Face
+      ``hidden_act="gelu"`` (BERT). Built from plain ops around libnd4j's ``erf``.
+    - ``"tanh"``: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``: PyTorch ``approximate="tanh"``, Hugging
+      Face ``"gelu_new"`` / ``"gelu_pytorch_tanh"`` (GPT-2). Built from plain ops.
+    - ``"sigmoid"``: ``x * sigmoid(1.702 x)``: what DL4J M2.1 calls ``gelu`` (``sd.nn().gelu``, one fused op;
+      libnd4j's constant is the float ``1.702f`` even in double precision). Differs from the exact form by up
+      to ~0.02. (M2.1's ``precise_gelu`` op matches neither of the other two forms and is not used.)
+
+    Args:
+        x: any Var.
+        approximate: ``"none"``, ``"tanh"`` or ``"sigmoid"``.
+
+    Returns:
+        A Var of ``x``'s shape.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph(dtype=np.float64)
+    >>> x = g.placeholder("x", (3,))
+    >>> for form in ("none", "tanh", "sigmoid"):
+    ...     print(form, g.run({"x": [-1.0, 0.0, 1.0]}, gelu(x, form)).round(6))
+    none [-0.158655  0.        0.841345]
+    tanh [-0.158808  0.        0.841192]
+    sigmoid [-0.154204  0.        0.845796]
+    """
+    _plain(x)
+    if approximate not in GELU_FORMS:
+        raise ValueError(f"gelu: approximate must be one of {', '.join(map(repr, GELU_FORMS))}, got {approximate!r}")
+    if not isinstance(x, Var):
+        raise TypeError(f"gelu expects a graph Var, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"gelu needs a float Var, got {x.dtype} for {x.name!r}")
+    if approximate == "sigmoid":
+        return _unary("gelu", x, lambda n: x.graph.sd.nn().gelu(n, x.j), name)
+    g = x.graph
+    out_name = name or g.unique_name(f"gelu_{approximate}").split("/")[-1]
+    with g.scope(out_name):  # the pieces live under "<name>/", the result is "<name>" itself
+        if approximate == "none":
+            inner = erf(multiply(x, float(1.0 / np.sqrt(2.0)), name="scaled"), name="erf")
+        else:
+            cube = multiply(multiply(square(x, name="sq"), x, name="cube"), 0.044715, name="cube_scaled")
+            inner = tanh(multiply(add(x, cube, name="poly"), float(np.sqrt(2.0 / np.pi)), name="arg"), name="tanh")
+        half = multiply(x, 0.5, name="half")
+    return add(half, multiply(half, inner), name=out_name)  # 0.5 x + 0.5 x * inner = 0.5 x (1 + inner)
+
+
+def erf(x: Var, name: str | None = None) -> Var:
+    """The error function ``erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt`` (libnd4j's ``erf``: within ~1
+    float32 ulp of ``math.erf``, exact in float64; its M2.1 gradient ``2/sqrt(pi) exp(-x^2)`` is correct).
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph(dtype=np.float64)
+    >>> x = g.placeholder("x", (3,))
+    >>> g.run({"x": [-1.0, 0.0, 2.0]}, erf(x))  # doctest: +NUMBER
+    array([-0.84270079,  0.        ,  0.99532227])
+    """
+    _plain(x)
+    if isinstance(x, Var) and x.dtype.kind != "f":
+        raise TypeError(f"erf needs a float Var, got {x.dtype} for {x.name!r}")
+    return _unary("erf", x, lambda n: x.graph.sd.math().erf(n, x.j), name)
 
 
 def tanh(x: Var, name: str | None = None) -> Var:
