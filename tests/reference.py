@@ -10,13 +10,20 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def attention(q, kv, mask_q, mask_k, wq, wk, wv, wo, scaled=True):
+def attention(q, kv, mask_q, mask_k, wq, wk, wv, wo, scaled=True, bq=None, bk=None, bv=None, bo=None):
     """Multi-head attention in samediff_py's layout. q [B,Tq,F], kv [B,Tk,F], masks [B,T] (1 = valid),
-    wq/wk/wv [H,hs,F], wo [H*hs,O]. Returns (out [B,Tq,O], weights [B,H,Tq,Tk]) with padded keys excluded,
-    padded queries (and queries with no valid key) zeroed."""
+    wq/wk/wv [H,hs,F], wo [H*hs,O], optional biases bq/bk/bv [H,hs] (per head's projection) and bo [O].
+    Returns (out [B,Tq,O], weights [B,H,Tq,Tk]) with padded keys excluded (whatever their projection, bias
+    included), padded queries (and queries with no valid key) zeroed: 0, not bo."""
     qh = np.einsum("btf,hsf->bhts", q, wq)  # [B,H,Tq,hs]
     kh = np.einsum("btf,hsf->bhts", kv, wk)
     vh = np.einsum("btf,hsf->bhts", kv, wv)
+    if bq is not None:
+        qh = qh + bq[None, :, None, :]
+    if bk is not None:
+        kh = kh + bk[None, :, None, :]
+    if bv is not None:
+        vh = vh + bv[None, :, None, :]
     scores = np.einsum("bhqs,bhks->bhqk", qh, kh)
     if scaled:
         scores = scores / np.sqrt(wq.shape[1])
@@ -25,11 +32,15 @@ def attention(q, kv, mask_q, mask_k, wq, wk, wv, wo, scaled=True):
     has_key = valid_k.any(-1, keepdims=True)
     scores = np.where(has_key, scores, 0.0)
     w = softmax(scores, -1) * has_key
-    ctx = np.einsum("bhqk,bhks->bhqs", w, vh)  # [B,H,Tq,hs]
+    # padded keys' values never reach the output (their weight is exactly 0, and they are not multiplied in)
+    ctx = np.einsum("bhqk,bhks->bhqs", w, np.where((mask_k > 0)[:, None, :, None], vh, 0.0))  # [B,H,Tq,hs]
     b, h, tq, hs = ctx.shape
     concat = ctx.transpose(0, 2, 1, 3).reshape(b, tq, h * hs)
     keep_q = (mask_q > 0)[:, :, None] & has_key[:, 0, :, :].any(-1, keepdims=True).transpose(0, 1, 2)
-    out = concat @ wo * keep_q
+    out = concat @ wo
+    if bo is not None:
+        out = out + bo
+    out = np.where(keep_q, out, 0.0)
     w = w * (mask_q > 0)[:, None, :, None]
     return out, w
 
