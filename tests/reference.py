@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -124,3 +126,60 @@ def top_k_accuracy(logits, labels, mask, k=1, ignore=-1):
                 order = np.argsort(-logits[b, t], kind="stable")
                 hits += int(labels[b, t] in order[:k])
     return hits / n if n else 0.0
+
+
+# ---------------------------------------------------------------------------- BERT (transformers' definition)
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+ACTIVATIONS = {
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu_new": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    "quick_gelu": lambda x: x / (1.0 + np.exp(-1.702 * x)),
+    "relu": lambda x: np.maximum(x, 0.0),
+}
+
+
+def bert_forward(w, cfg, ids, mask, token_type_ids=None, prefix="bert.", mlm=True, pooler=False):
+    """transformers' BertModel / BertForMaskedLM forward in float64 numpy, from transformers-named weights in
+    transformers' layout (Linear weights [out, in]) and a config dict. Padded keys get probability 0; padded
+    rows are computed as transformers does (not zeroed). Returns a dict: hidden (list), attn (list
+    [B,H,Tq,Tk]), logits, pooled."""
+    w = {k: np.asarray(v, np.float64) for k, v in w.items()}
+    act = ACTIVATIONS[cfg["hidden_act"]]
+    eps, heads = cfg["layer_norm_eps"], cfg["num_attention_heads"]
+    b, t = ids.shape
+    tt = np.zeros_like(ids) if token_type_ids is None else token_type_ids
+
+    def lin(x, name):
+        return x @ w[name + ".weight"].T + w[name + ".bias"]
+
+    def ln(x, name):
+        return layer_norm(x, w[name + ".weight"], w[name + ".bias"], eps)
+
+    e = prefix + "embeddings."
+    h = w[e + "word_embeddings.weight"][ids] + w[e + "token_type_embeddings.weight"][tt]
+    h = ln(h + w[e + "position_embeddings.weight"][:t][None], e + "LayerNorm")
+    hidden, attns = [h], []
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"{prefix}encoder.layer.{i}."
+
+        def split(x):
+            return x.reshape(b, t, heads, -1).transpose(0, 2, 1, 3)  # [B, H, T, hs]
+
+        q, k, v = (split(lin(h, p + f"attention.self.{n}")) for n in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+        scores = np.where(mask[:, None, None, :] > 0, scores, -np.inf)
+        probs = softmax(scores, -1)
+        attns.append(probs)
+        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, -1)
+        a = ln(h + lin(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+        h = ln(a + lin(act(lin(a, p + "intermediate.dense")), p + "output.dense"), p + "output.LayerNorm")
+        hidden.append(h)
+    out = {"hidden": hidden, "attn": attns}
+    if mlm:
+        x = ln(act(lin(h, "cls.predictions.transform.dense")), "cls.predictions.transform.LayerNorm")
+        dec = w.get("cls.predictions.decoder.weight", w[e + "word_embeddings.weight"])
+        out["logits"] = x @ dec.T + w["cls.predictions.bias"]
+    if pooler:
+        out["pooled"] = np.tanh(lin(h[:, 0], prefix + "pooler.dense"))
+    return out
