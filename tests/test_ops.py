@@ -615,6 +615,48 @@ def test_gather_gradient_is_fixed_for_the_whole_jvm():
     np.testing.assert_array_equal(got, ref)
 
 
+# ---------------------------------------------------------------------------- row select, reshape_like
+@pytest.mark.parametrize("fill", [0.0, -np.inf])
+def test_select_rows_matches_numpy_and_never_reads_the_other_row(fill):
+    x = randn(6, 3, 2)
+    y = np.full_like(x, fill)
+    keep = np.array([True, False, True, True, False, False])
+    x[~keep] = np.nan  # unchosen rows of x hold NaN: a select never reads them
+    got, out = forward(lambda a, b, c: ops.select_rows(c, a, b), x, y, keep)
+    np.testing.assert_array_equal(got, np.where(keep[:, None, None], x, y))
+    assert out.shape == x.shape
+
+
+def test_select_rows_gradient():
+    keep = np.array([True, False, True, False])
+    g = Graph(dtype=np.float64)
+    a, b = g.variable("a", randn(4, 3)), g.variable("b", randn(4, 3))
+    cond = g.constant("keep", keep)
+    w = RNG.uniform(0.5, 1.5, (4, 3))
+    got = g.gradients({}, ops.sum(ops.multiply(ops.select_rows(cond, a, b), w)), [a, b])
+    np.testing.assert_array_equal(got["a"], np.where(keep[:, None], w, 0.0))
+    np.testing.assert_array_equal(got["b"], np.where(keep[:, None], 0.0, w))
+
+
+def test_select_rows_and_reshape_like_refuse_bad_inputs():
+    g = Graph()
+    x = g.placeholder("x", (4, 3))
+    with pytest.raises(TypeError, match="1-D bool"):
+        ops.select_rows(g.placeholder("c", (4, 3), "bool"), x, x)
+    with pytest.raises(ValueError, match="cond has 3 entries, x has 4 rows"):
+        ops.select_rows(g.placeholder("c3", (3,), "bool"), x, x)
+    with pytest.raises(ValueError, match="equal shapes"):
+        ops.select_rows(g.placeholder("c4", (4,), "bool"), x, g.placeholder("y", (4, 2)))
+
+
+def test_reshape_like_restores_unknown_dims():
+    a = randn(2, 3, 4)
+    got, out = forward(lambda x: ops.reshape_like(ops.reshape(x, (-1, 4)) * 2.0, x), a, dims=[(None, None, 4)])
+    np.testing.assert_array_equal(got, a * 2)
+    assert out.shape == (None, None, 4)
+    check_grad(lambda x: ops.reshape_like(ops.reshape(x, (-1, 2)), x), [randn(2, 3, 2)], dims=[(None, None, 2)])
+
+
 # ---------------------------------------------------------------------------- activations
 UNARY = {
     "relu": (ops.relu, lambda x: np.maximum(x, 0), away_from_zero),

@@ -164,6 +164,11 @@ public final class Bridge {
         return sd.reshape(name, y, sd.concat(name + "/outshape", 0, lead, tail));
     }
 
+    /** {@code x} reshaped to {@code like}'s run-time shape (same element count; dims unknown when building). */
+    public static SDVariable reshapeLike(SameDiff sd, String name, SDVariable x, SDVariable like) {
+        return sd.reshape(name, x, sd.shape(name + "/shape", like));
+    }
+
     public static SDVariable gather(SameDiff sd, String name, SDVariable table, SDVariable ids, int axis) {
         return FixedOps.gather(sd, name, table, ids, axis);
     }
