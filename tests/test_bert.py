@@ -120,6 +120,18 @@ def test_loaded_model_is_pad_invariant(tiny, ref):
     assert report.ok
 
 
+def test_unfused_attention_gives_the_same_model(tiny, ref):
+    """The attention hook: samediff_py's unfused formulation (plain ops, biases added per head) instead of
+    DL4J's fused op (biases through an extra input feature) computes the same BERT."""
+    _, feeds, outs = tiny
+    model = bert.from_pretrained(FIXTURE, attention=bert.masked.multi_head_attention_unfused)
+    logits, loss = model.graph.run(feeds, [model.outputs.logits.value, model.outputs.loss])
+    v = valid(ref)
+    np.testing.assert_allclose(logits[v], outs["logits"][v], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(logits[v], ref["logits"][v], rtol=0, atol=1e-5)
+    assert abs(float(loss) - float(ref["loss"])) <= 1e-6
+
+
 def test_numpy_reference_matches_the_fixture(ref):
     """tests/reference.py's BERT (used below for what the fixture does not cover) against transformers."""
     cfg = json.loads(str(ref["config_json"]))
@@ -237,6 +249,22 @@ def _edit(folder: Path, tensors=None, config=None) -> Path:
     return folder
 
 
+def test_sharded_checkpoints_load(tiny, tmp_path):
+    """model.safetensors.index.json + shards, as transformers writes large models."""
+    _, feeds, outs = tiny
+    folder = _copy_fixture(tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / file), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    m = bert.from_pretrained(folder)
+    np.testing.assert_array_equal(m.graph.run(feeds, m.outputs.logits.value), outs["logits"])
+
+
 def test_old_style_checkpoints_load(tiny, tmp_path):
     """gamma/beta LayerNorm names, a stored (equal) decoder weight and bias, the position_ids buffer."""
     model, feeds, outs = tiny
@@ -298,3 +326,17 @@ def test_missing_files_are_named(tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(ModelFileError, match="config.json: missing"):
         bert.from_pretrained(folder)
+
+
+def test_finetune_example_runs(tmp_path):
+    """examples/bert_finetune.py end to end at a tiny size: trains, stays pad-invariant, saves, reloads."""
+    import sys
+
+    sys.path.insert(0, str(HERE.parent / "examples"))
+    import bert_finetune
+
+    res = bert_finetune.main(["--out", str(tmp_path), "--steps", "6", "--batch-size", "4", "--no-progress"])
+    assert res["steps"] == 6 and np.isfinite(res["loss_first_last"]).all()
+    assert res["pad_invariance_max_drift"] < 1e-4
+    assert res["reload_drift"] == {"transformers_folder": 0.0, "samediff_py_checkpoint": 0.0}
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
