@@ -620,7 +620,8 @@ class Bert:
             raise ValueError("this BERT has no MLM head")
         act = ACTIVATIONS[self.config.hidden_act]
         t = self._norm(masked.dense(h, *self.mlm_transform, act), *self.mlm_ln)
-        return masked.dense(t, ops.transpose(self.decoder), self.mlm_bias)
+        # decoder [vocab, hidden] used as t @ decoder.T without copying it (tied: the word embedding Var)
+        return t.map(lambda v: ops.add(ops.matmul(v, self.decoder, transpose_b=True), self.mlm_bias))
 
     def pool(self, h: Masked) -> Var:
         """transformers' pooler: ``tanh(first token @ W + b)``, ``[batch, hidden]``; 0 for a row with no token."""

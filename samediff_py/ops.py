@@ -189,24 +189,41 @@ def not_equal(a: Operand, b: Operand, name: str | None = None) -> Var:
     return _binary("neq", a, b, "neq", name, np.bool_)
 
 
-def matmul(a: Var, b: Var, name: str | None = None) -> Var:
+def matmul(a: Var, b: Var, name: str | None = None, *, transpose_b: bool = False) -> Var:
     """Matrix product. ``[m, k] @ [k, n] -> [m, n]``, or ``[..., k] @ [k, n] -> [..., n]`` for any rank of
-    ``a`` (e.g. ``[batch, time, d] @ [d, e]``), which SameDiff's ``mmul`` does not accept directly."""
+    ``a`` (e.g. ``[batch, time, d] @ [d, e]``), which SameDiff's ``mmul`` does not accept directly.
+
+    ``transpose_b=True`` multiplies by ``b.T`` for a ``b`` of shape ``[n, k]`` (e.g. a tied ``[vocab, d]``
+    embedding as an output projection) without materialising the transpose.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x = g.placeholder("x", ("batch", "time", 2))
+    >>> emb = g.constant("emb", np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))  # [vocab, d]
+    >>> g.run({"x": [[[2.0, 3.0]]]}, matmul(x, emb, transpose_b=True))
+    array([[[2., 3., 5.]]], dtype=float32)
+    """
     a, b = _pair(a, b)
     if b.rank != 2 or a.rank < 2:
         raise ValueError(f"matmul needs a of rank >= 2 and b of rank 2, got {_fmt(a.shape)} @ {_fmt(b.shape)}")
-    k, n = b.shape
+    k, n = b.shape[::-1] if transpose_b else b.shape
     if a.shape[-1] is not None and k is not None and a.shape[-1] != k:
-        raise ValueError(f"matmul: inner dimensions differ: {_fmt(a.shape)} @ {_fmt(b.shape)}")
+        bt = f"{_fmt(b.shape)}.T" if transpose_b else _fmt(b.shape)
+        raise ValueError(f"matmul: inner dimensions differ: {_fmt(a.shape)} @ {bt}")
     shape = (*a.shape[:-1], n)
     if a.rank == 2:
+        if transpose_b:
+            return a.graph.op("matmul", name, lambda nm: _jvm.bridge().matmulT(a.graph.sd, nm, a.j, b.j), shape,
+                              a.dtype, (a, b))  # fmt: skip
         return a.graph.op("matmul", name, lambda nm: a.j.mmul(nm, b.j), shape, a.dtype, (a, b))
     if k is None or n is None:
         raise ValueError("matmul of rank > 2 needs the weight's shape known when building")
+    fn = _jvm.bridge().matmulLastT if transpose_b else _jvm.bridge().matmulLast
     return a.graph.op(
         "matmul",
         name,
-        lambda nm: _jvm.bridge().matmulLast(a.graph.sd, nm, a.j, b.j, a.rank, k, n),
+        lambda nm: fn(a.graph.sd, nm, a.j, b.j, a.rank, k, n),
         shape,
         a.dtype,
         (a, b),

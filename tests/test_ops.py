@@ -277,6 +277,19 @@ def test_matmul_gradient_wrt_variables():
     check_grad(ops.matmul, [randn(2, 3, 4), randn(4, 2)], variables=True)
 
 
+@pytest.mark.parametrize("shape", [(5, 3), (2, 5, 3)], ids=["rank2", "rank3"])
+def test_matmul_transpose_b(shape):
+    a, w = randn(*shape), randn(4, 3)  # w is [n, k]: a @ w.T
+    got, out = forward(lambda x, y: ops.matmul(x, y, transpose_b=True), a, w,
+                       dims=[(None,) * (len(shape) - 1) + (3,), (4, 3)])  # fmt: skip
+    assert out.shape == (None,) * (len(shape) - 1) + (4,)
+    close(got, a @ w.T)
+    check_grad(lambda x, y: ops.matmul(x, y, transpose_b=True), [randn(*shape), randn(4, 3)], variables=True)
+    with pytest.raises(ValueError, match=r"inner dimensions differ: .* @ \(3, 4\).T"):
+        g = Graph()
+        ops.matmul(g.placeholder("p", shape), g.placeholder("q", (3, 4)), transpose_b=True)
+
+
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_batch_matmul(ta, tb):
     a, b = randn(2, 3, 4, 5), randn(2, 3, 5, 6)
