@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from . import masked, ops
+from . import masked, ops, train
 from .checkpoint import atomic_write
 from .errors import ModelFileError
 from .graph import Graph, Var
@@ -154,8 +154,6 @@ class BertConfig:
             raise bad("is_decoder=true (causal self-attention) is not supported: this is the bidirectional encoder")
         if self.extra.get("add_cross_attention"):
             raise bad("add_cross_attention=true is not supported")
-        if self.extra.get("chunk_size_feed_forward", 0) not in (0, None):
-            pass  # chunking the feed-forward changes memory, not values
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> BertConfig:
@@ -449,6 +447,10 @@ class Bert:
         prefix: ``"bert."`` for a ``BertForMaskedLM`` layout, ``""`` for a bare ``BertModel``.
         name: scope of the Vars in the graph.
         seed: seed of the random initial values (default: the graph's generator).
+        dropout: build transformers' hidden dropout (``config.hidden_dropout_prob``, after the embeddings and
+            before each residual sum) as keep-mask placeholders (:func:`samediff_py.train.dropout`): the Trainer
+            draws them, :meth:`feeds`, evaluation and prediction fill ones. Attention-probability dropout is
+            not built (DL4J's fused attention op has no such input).
         attention: ``(Masked x, AttentionParams, return_weights) -> Masked`` (or ``(Masked, weights)``):
             the self-attention formulation, :func:`samediff_py.masked.multi_head_attention` (DL4J's fused op)
             by default. Any formulation that honours the masking contract and the biases gives the same numbers.
@@ -469,6 +471,7 @@ class Bert:
         prefix: str = "bert.",
         name: str = "bert",
         seed: int | None = None,
+        dropout: bool = False,
         attention: Callable[..., Any] | None = None,
     ):
         if prefix not in ("bert.", ""):
@@ -482,8 +485,10 @@ class Bert:
         self.has_pooler = bool(pooler)
         self.has_mlm_head = bool(mlm_head)
         self.attention = attention or masked.multi_head_attention
+        self.dropout = bool(dropout) and config.hidden_dropout_prob > 0
         self.slots = _slots(config, prefix, self.has_pooler, self.has_mlm_head)
         self.source: Path | None = None  # the folder from_pretrained read (its tokenizer files are copied on save)
+        self.ignored_tensors: list[str] = []  # extra checkpoint tensors skipped with strict=False
         self.inputs: BertInputs | None = None
         self.outputs: BertOutputs | None = None
         if weights is not None:
@@ -550,6 +555,13 @@ class Bert:
     def _norm(self, x: Masked, gain: Var, bias: Var) -> Masked:
         return masked.layer_norm(x, gain, bias, eps=float(self.config.layer_norm_eps))
 
+    def _drop(self, x: Masked) -> Masked:
+        if not self.dropout:
+            return x
+        n = self.graph.unique_name("dropout").split("/")[-1]
+        rate, d = self.config.hidden_dropout_prob, self.config.hidden_size
+        return x.map(lambda v: train.dropout(v, rate, n, noise_shape=("batch", "time", d)))
+
     def embed(self, input_ids: Var, attention_mask: Var, token_type_ids: Var | None = None) -> Masked:
         """``LayerNorm(word[ids] + token_type[tt] + position[0..T-1])`` as Masked ``[batch, time, hidden]``."""
         g = self.graph
@@ -564,7 +576,7 @@ class Bert:
         else:
             x = ops.add(x, ops.embedding(token_type_ids, self.token_type))
         pos = ops.expand_dims(ops.leading_rows(self.position, input_ids), 0)  # [1, time, hidden]
-        return self._norm(Masked(x, attention_mask) + pos, *self.emb_ln)
+        return self._drop(self._norm(Masked(x, attention_mask) + pos, *self.emb_ln))
 
     def layer(self, i: int, h: Masked, output_attentions: bool = False) -> tuple[Masked, Var | None]:
         """Encoder layer ``i`` (post-norm): ``a = LN(h + attn(h)); LN(a + W2 act(W1 a + b1) + b2)``."""
@@ -575,9 +587,9 @@ class Bert:
             a, weights = self.attention(h, lay.attn, return_weights=True)
         else:
             a = self.attention(h, lay.attn)
-        h = self._norm(h + a, *lay.ln1)
+        h = self._norm(h + self._drop(a), *lay.ln1)
         ff = masked.dense(masked.dense(h, lay.w1, lay.b1, act), lay.w2, lay.b2)
-        return self._norm(h + ff, *lay.ln2), weights
+        return self._norm(h + self._drop(ff), *lay.ln2), weights
 
     def __call__(
         self,
@@ -641,7 +653,8 @@ class Bert:
     ) -> dict[str, np.ndarray]:
         """A feed dict for :attr:`inputs` (built by :func:`from_pretrained` / :func:`from_config`), with
         transformers' defaults: ``token_type_ids`` zeros; ``labels`` all ``-100`` (nothing counted) when the
-        graph has a labels placeholder and none are given."""
+        graph has a labels placeholder and none are given; dropout keep-masks all ones (dropout off: the
+        Trainer draws its own)."""
         if self.inputs is None:
             raise ValueError("this Bert was not built on placeholders (use from_pretrained / from_config)")
         ids = np.asarray(input_ids)
@@ -656,7 +669,7 @@ class Bert:
             out[self.inputs.labels.name] = lab
         elif labels is not None:
             raise ValueError("labels given, but the graph has no labels placeholder")
-        return out
+        return train.feed_inference(self.graph, out) if self.dropout else out
 
     # ------------------------------------------------------------------ saving
     @property
@@ -744,6 +757,7 @@ def from_pretrained(
     token_type_ids: bool = True,
     labels: bool = True,
     output_attentions: bool = False,
+    dropout: bool = False,
     attention: Callable[..., Any] | None = None,
     name: str = "bert",
 ) -> Bert:
@@ -759,6 +773,7 @@ def from_pretrained(
             ``BertForPreTraining`` checkpoint); ``False`` ignores them (listed in ``model.ignored_tensors``).
         token_type_ids, labels: create those placeholders (labels: the MLM loss ``model.outputs.loss``).
         output_attentions: also build the per-layer attention weights (``model.outputs.attentions``).
+        dropout: build the hidden dropout for training (see :class:`Bert`).
         attention: the self-attention formulation (see :class:`Bert`).
 
     Returns:
@@ -787,7 +802,17 @@ def from_pretrained(
     slots = _slots(cfg, prefix, use_pooler, use_head)
     extra = _check_tensors(canon, slots, weights_path, strict)
     g = graph if graph is not None else Graph(dtype=dtype)
-    model = Bert(g, cfg, canon, pooler=use_pooler, mlm_head=use_head, prefix=prefix, name=name, attention=attention)
+    model = Bert(
+        g,
+        cfg,
+        canon,
+        pooler=use_pooler,
+        mlm_head=use_head,
+        prefix=prefix,
+        name=name,
+        dropout=dropout,
+        attention=attention,
+    )
     model.source = folder
     model.ignored_tensors = extra
     return _build(model, token_type_ids=token_type_ids, labels=labels, output_attentions=output_attentions)
@@ -804,6 +829,7 @@ def from_config(
     token_type_ids: bool = True,
     labels: bool = True,
     output_attentions: bool = False,
+    dropout: bool = False,
     attention: Callable[..., Any] | None = None,
     name: str = "bert",
 ) -> Bert:
@@ -813,6 +839,6 @@ def from_config(
     g = graph if graph is not None else Graph(seed=seed, dtype=dtype)
     model = Bert(
         g, cfg, None, pooler=pooler, mlm_head=mlm_head, prefix="bert." if mlm_head else "", name=name,
-        seed=seed, attention=attention,
+        seed=seed, dropout=dropout, attention=attention,
     )  # fmt: skip
     return _build(model, token_type_ids=token_type_ids, labels=labels, output_attentions=output_attentions)

@@ -328,6 +328,25 @@ def test_missing_files_are_named(tmp_path):
         bert.from_pretrained(folder)
 
 
+def test_hidden_dropout_trains_and_is_off_at_inference(ref, tmp_path):
+    """dropout=True: keep-mask placeholders after the embeddings and before each residual sum; feeds() fills
+    ones (the fixture's numbers), the Trainer draws masks (its step loss differs from the evaluation loss)."""
+    folder = _edit(_copy_fixture(tmp_path), config=lambda c: c.update({"hidden_dropout_prob": 0.3}))
+    model = bert.from_pretrained(folder, dropout=True)
+    keeps = [n for n in model.graph.placeholders if n.endswith("/keep")]
+    assert len(keeps) == 1 + 2 * model.config.num_hidden_layers
+    feeds = model.feeds(ref["input_ids"], ref["attention_mask"], ref["token_type_ids"], ref["labels"])
+    assert all(np.all(feeds[k] == 1.0) for k in keeps)
+    logits, loss = model.graph.run(feeds, [model.outputs.logits.value, model.outputs.loss])
+    v = valid(ref)
+    np.testing.assert_allclose(logits[v], ref["logits"][v], rtol=0, atol=1e-5)
+    trainer = Trainer(model.graph, model.outputs.loss, updater="sgd", lr=0.0)
+    dropped = trainer.step(feeds, rng=np.random.default_rng(0))
+    assert abs(dropped - float(loss)) > 1e-3  # a different function in training: dropout is on
+    assert abs(float(model.graph.run(feeds, model.outputs.loss)) - float(loss)) < 1e-6  # lr 0: weights unchanged
+    assert not bert.from_pretrained(FIXTURE, dropout=True).dropout  # the fixture's rate is 0: nothing built
+
+
 def test_finetune_example_runs(tmp_path):
     """examples/bert_finetune.py end to end at a tiny size: trains, stays pad-invariant, saves, reloads."""
     import sys
