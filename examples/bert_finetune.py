@@ -9,8 +9,8 @@ back for transformers (and as a samediff_py checkpoint).
    token ids from 5 up, so the pad id 0 and the mask id 4 never occur as tokens), 15 % of positions are replaced
    by the mask id (labels there: the original token, so the model must read the motif's other copies).
    Batches are right-padded to their longest row (``samediff_py.padding.pad_batch``).
-3. ``Trainer.fit`` fine-tunes every weight (Adam; a tqdm progress bar on a terminal). The MLM decoder IS
-   the word embedding Var, so it stays tied.
+3. ``Trainer.fit`` fine-tunes every weight (Adam; a tqdm progress bar on a terminal; hidden dropout at the
+   checkpoint's rate). The MLM decoder IS the word embedding Var, so it stays tied.
 4. Held-out loss and accuracy at the masked positions before and after; pad-invariance of the fine-tuned
    model (``samediff_py.testing.assert_pad_invariant``: each row alone, appended pads, refilled padding).
 5. ``model.save_pretrained(out/"hf")`` (transformers' names and layout; ``BertForMaskedLM.from_pretrained``
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from samediff_py import bert, masked, padding, testing
-from samediff_py.train import Trainer, load, save
+from samediff_py.train import DROPOUT_KEY, Trainer, feed_inference, load, save
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE.parent / "tests" / "fixtures" / "tiny_bert"
@@ -79,7 +79,7 @@ def evaluate(model: bert.Bert, accuracy: Any, data: list[dict[str, np.ndarray]])
     """Loss and accuracy at the counted (masked) positions, weighted by their number per batch."""
     tot_loss = tot_acc = n = 0.0
     for fd in data:
-        loss, acc = model.graph.run(fd, [model.outputs.loss, accuracy])
+        loss, acc = model.graph.run(feed_inference(model.graph, fd), [model.outputs.loss, accuracy])
         k = float(((fd["attention_mask"] > 0) & (fd["labels"] != bert.IGNORE_LABEL)).sum())
         tot_loss, tot_acc, n = tot_loss + float(loss) * k, tot_acc + float(acc) * k, n + k
     return {"loss": tot_loss / n, "accuracy": tot_acc / n}
@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
-    model = bert.from_pretrained(args.model)
+    # hidden dropout as transformers trains (config.hidden_dropout_prob; the tiny fixture's is 0): the Trainer
+    # draws the keep-masks, evaluation and model.feeds() switch it off
+    model = bert.from_pretrained(args.model, dropout=True)
     cfg = model.config
     pad_id = 0 if cfg.pad_token_id is None else cfg.pad_token_id
     max_len = args.max_len or min(32, cfg.max_position_embeddings)
@@ -129,15 +131,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"accuracy at masked positions {before['accuracy']:.2f} -> {after['accuracy']:.2f} "
           f"({hist.epoch_logs[0]['samples_per_sec']:.0f} rows/s)")  # fmt: skip
 
-    # the fine-tuned model ignores padding: rows alone, appended pads, refilled padding (outputs, loss, grads)
+    # the fine-tuned model ignores padding: rows alone, appended pads, refilled padding (outputs, loss, grads).
+    # Dropout keep-masks are internal inputs the Trainer fills with finite values: padded slots get ones too
+    keeps = {name: 1.0 for name in model.graph.meta.get(DROPOUT_KEY, {})}
     report = testing.assert_pad_invariant(
         model.graph,
-        test_data[0],
+        feed_inference(model.graph, test_data[0]),  # dropout off (keep-masks of ones)
         [model.outputs.logits],
         loss=model.outputs.loss,
         mask="attention_mask",
         ks=(1, 5),
-        pad_values={"input_ids": pad_id, "labels": bert.IGNORE_LABEL},
+        pad_values={"input_ids": pad_id, "labels": bert.IGNORE_LABEL, **keeps},
         atol=1e-4,
     )
     print(f"pad-invariant: max drift {report.max_drift():.1e} (rows alone, appended pads, refilled padding)")
@@ -145,12 +149,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hf_dir = model.save_pretrained(out / "hf")
     sdz = save(model.graph, out / "model.sdz")
     fd = test_data[0]
-    logits = model.graph.run(fd, model.outputs.logits.value)
+    logits = model.graph.run(feed_inference(model.graph, fd), model.outputs.logits.value)
     valid = fd["attention_mask"] > 0
-    again = bert.from_pretrained(hf_dir)
+    again = bert.from_pretrained(hf_dir)  # no dropout placeholders: plain inference graph
     drift_hf = float(np.abs(again.graph.run(fd, again.outputs.logits.value) - logits)[valid].max())
     restored = load(sdz)
-    drift_sdz = float(np.abs(restored.run(fd, model.outputs.logits.value.name) - logits)[valid].max())
+    restored_logits = restored.run(feed_inference(restored, fd), model.outputs.logits.value.name)
+    drift_sdz = float(np.abs(restored_logits - logits)[valid].max())
     print(f"saved {hf_dir} (transformers) and {sdz} (samediff_py, with the Adam state); reloaded: max |logit "
           f"difference| {drift_hf:.1e} and {drift_sdz:.1e}")  # fmt: skip
 

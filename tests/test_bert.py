@@ -354,8 +354,12 @@ def test_finetune_example_runs(tmp_path):
     sys.path.insert(0, str(HERE.parent / "examples"))
     import bert_finetune
 
-    res = bert_finetune.main(["--out", str(tmp_path), "--steps", "6", "--batch-size", "4", "--no-progress"])
+    model = _edit(_copy_fixture(tmp_path), config=lambda c: c.update({"hidden_dropout_prob": 0.1}))  # dropout on
+    out = tmp_path / "out"
+    res = bert_finetune.main(["--model", str(model), "--out", str(out), "--steps", "6", "--batch-size", "4",
+                              "--no-progress"])  # fmt: skip
     assert res["steps"] == 6 and np.isfinite(res["loss_first_last"]).all()
     assert res["pad_invariance_max_drift"] < 1e-4
     assert res["reload_drift"] == {"transformers_folder": 0.0, "samediff_py_checkpoint": 0.0}
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (out / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((out / "hf" / "config.json").read_text())["hidden_dropout_prob"] == 0.1
