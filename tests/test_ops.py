@@ -848,6 +848,20 @@ def test_layer_norm_fused_gradient():
     check_grad(lambda x, gn, b: ops.layer_norm(x, -1, gn, b, eps=0.0), [randn(2, 3, 4), randn(4), randn(4)])
 
 
+def test_layer_norm_at_berts_eps_1e_12():
+    """BERT's layer_norm_eps=1e-12 (the unfused form): float32 agrees with a float64 numpy reference to rounding
+    on rows of ordinary scale and on a row of tiny (1e-4) spread; a constant row gives 0 (0 / sqrt(1e-12)), finite,
+    with finite gradients."""
+    a = np.concatenate([randn(3, 32) * 3 + 1, 5 + 1e-4 * randn(1, 32), np.full((1, 32), 2.5, np.float32)])
+    gain, bias = RNG.uniform(0.5, 1.5, 32).astype(np.float32), randn(32)
+    got, _ = forward(lambda x, gn, b: ops.layer_norm(x, -1, gn, b, eps=1e-12), a, gain, bias)
+    ref = np_layer_norm(a.astype(np.float64), -1, gain, bias, eps=1e-12)
+    np.testing.assert_allclose(got[:3], ref[:3], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(got[3], ref[3], rtol=0, atol=5e-2)  # 1e-4 spread around 5: float32 keeps ~3 digits
+    np.testing.assert_array_equal(got[4], bias)
+    check_grad(lambda x, gn, b: ops.layer_norm(x, -1, gn, b, eps=1e-12), [randn(2, 8), randn(8), randn(8)])
+
+
 def test_layer_norm_names_are_scoped():
     g = Graph()
     y = ops.layer_norm(g.placeholder("x", (2, 3)), name="ln")
