@@ -243,6 +243,7 @@ class _Slot:
     shape: tuple[int, ...]
     var: str  # key into Bert.variables()
     kind: str  # "copy" | "linear" (transpose) | "heads" ([h*hs, d] -> [h, hs, d]) | "head_bias" ([h*hs] -> [h, hs])
+    #            | "keep" (no Var: a tensor transformers stores but the computation does not use, written back as is)
 
 
 def _to_ours(kind: str, a: np.ndarray, cfg: BertConfig) -> np.ndarray:
@@ -299,8 +300,11 @@ def _slots(cfg: BertConfig, prefix: str, pooler: bool, mlm_head: bool) -> list[_
             _Slot(f"{prefix}pooler.dense.bias", (d,), "pooler_b", "copy"),
         ]
     if mlm_head:
+        if cfg.tie_word_embeddings:  # decoder.weight = the word embeddings, decoder.bias = cls.predictions.bias
+            out.append(_Slot("cls.predictions.bias", (v,), "mlm_bias", "copy"))
+        else:  # transformers 5: an own decoder weight AND bias; cls.predictions.bias is then unused (kept as is)
+            out.append(_Slot("cls.predictions.bias", (v,), "unused_bias", "keep"))
         out += [
-            _Slot("cls.predictions.bias", (v,), "mlm_bias", "copy"),
             _Slot("cls.predictions.transform.dense.weight", (d, d), "mlm_w", "linear"),
             _Slot("cls.predictions.transform.dense.bias", (d,), "mlm_b", "copy"),
             _Slot("cls.predictions.transform.LayerNorm.weight", (d,), "mlm_ln_gain", "copy"),
@@ -308,6 +312,7 @@ def _slots(cfg: BertConfig, prefix: str, pooler: bool, mlm_head: bool) -> list[_
         ]
         if not cfg.tie_word_embeddings:
             out.append(_Slot("cls.predictions.decoder.weight", (v, d), "decoder", "copy"))
+            out.append(_Slot("cls.predictions.decoder.bias", (v,), "mlm_bias", "copy"))
     return out
 
 
@@ -349,10 +354,9 @@ def _canonical_tensors(
                         f"tensor {alias!r} differs from {canonical!r}, but config.json ties them "
                         "(tie_word_embeddings=true): the checkpoint is inconsistent",
                     )
-    elif mlm_head and "cls.predictions.decoder.bias" in out:
-        a = out.pop("cls.predictions.decoder.bias")
-        if "cls.predictions.bias" in out and not np.array_equal(a, out["cls.predictions.bias"]):
-            raise ModelFileError(where, "tensor 'cls.predictions.decoder.bias' differs from 'cls.predictions.bias'")
+    elif mlm_head and "cls.predictions.decoder.bias" not in out and "cls.predictions.bias" in out:
+        # transformers 4 kept decoder.bias tied to cls.predictions.bias even with untied word embeddings
+        out["cls.predictions.decoder.bias"] = np.array(out["cls.predictions.bias"])
     pooler = f"{prefix}pooler.dense.weight" in out or f"{prefix}pooler.dense.bias" in out
     return out, prefix, pooler, mlm_head
 
@@ -443,7 +447,9 @@ class Bert:
             zero biases, unit LayerNorm gains).
         pooler: build the pooler (``bert.pooler.dense``).
         mlm_head: build the MLM head (``cls.predictions``), its decoder tied to the word embeddings (one Var
-            used twice, so it stays tied while training) unless ``config.tie_word_embeddings`` is false.
+            used twice, so it stays tied while training) and its bias ``cls.predictions.bias``; with
+            ``config.tie_word_embeddings`` false, transformers 5's untied head: its own
+            ``cls.predictions.decoder.weight`` and ``.bias`` (``cls.predictions.bias`` is then unused, kept).
         prefix: ``"bert."`` for a ``BertForMaskedLM`` layout, ``""`` for a bare ``BertModel``.
         name: scope of the Vars in the graph.
         seed: seed of the random initial values (default: the graph's generator).
@@ -495,13 +501,17 @@ class Bert:
             _check_tensors(weights, self.slots, "weights", strict=False)
         rng = np.random.default_rng(seed) if seed is not None else graph.rng
         self._vars: dict[str, Var] = {}
+        self._kept: dict[str, np.ndarray] = {}  # "keep" slots: stored by transformers, unused by the computation
         with graph.scope(name):
             for s in self.slots:
                 if weights is not None:
                     value = _to_ours(s.kind, np.asarray(weights[s.hf]), config)
                 else:
                     value = _to_ours(s.kind, _initial(s, config, rng), config)
-                self._vars[s.var] = graph.variable(s.var.replace(".", "/"), value)
+                if s.kind == "keep":
+                    self._kept[s.hf] = np.array(value, np.float32)
+                else:
+                    self._vars[s.var] = graph.variable(s.var.replace(".", "/"), value)
         v = self._vars
         self.word, self.position, self.token_type = v["word"], v["position"], v["token_type"]
         self.emb_ln = (v["emb_ln_gain"], v["emb_ln_bias"])
@@ -531,14 +541,14 @@ class Bert:
     # ------------------------------------------------------------------ parameters
     def variables(self) -> dict[str, Var]:
         """Every Var, keyed by transformers' tensor name (the tied decoder is not listed twice)."""
-        return {s.hf: self._vars[s.var] for s in self.slots}
+        return {s.hf: self._vars[s.var] for s in self.slots if s.kind != "keep"}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Current weights as transformers-named float32 tensors in transformers' layout (what
         :meth:`save_pretrained` writes)."""
         out = {}
         for s in self.slots:
-            a = _to_hf(s.kind, self.graph.get_value(self._vars[s.var]))
+            a = self._kept[s.hf] if s.kind == "keep" else _to_hf(s.kind, self.graph.get_value(self._vars[s.var]))
             out[s.hf] = np.ascontiguousarray(a, dtype=np.float32)
         return out
 
@@ -548,7 +558,10 @@ class Bert:
         canon, _, _, _ = _canonical_tensors(tensors, self.config, "tensors")
         extra = _check_tensors(canon, self.slots, "tensors", strict)
         for s in self.slots:
-            self.graph.set_value(self._vars[s.var], _to_ours(s.kind, np.asarray(canon[s.hf]), self.config))
+            if s.kind == "keep":
+                self._kept[s.hf] = np.array(canon[s.hf], np.float32)
+            else:
+                self.graph.set_value(self._vars[s.var], _to_ours(s.kind, np.asarray(canon[s.hf]), self.config))
         return extra
 
     # ------------------------------------------------------------------ forward
@@ -695,6 +708,9 @@ class Bert:
         with atomic_write(folder / WEIGHTS_FILE) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
         cfg = self.config.to_dict(self.architecture)
+        for k in ("dtype", "torch_dtype"):  # the tensors written are float32, whatever the checkpoint held
+            if k in cfg:
+                cfg[k] = "float32"
         with atomic_write(folder / CONFIG_FILE) as tmp:
             tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if copy_tokenizer and self.source is not None and self.source.resolve() != folder.resolve():

@@ -178,8 +178,10 @@ def bert_forward(w, cfg, ids, mask, token_type_ids=None, prefix="bert.", mlm=Tru
     out = {"hidden": hidden, "attn": attns}
     if mlm:
         x = ln(act(lin(h, "cls.predictions.transform.dense")), "cls.predictions.transform.LayerNorm")
-        dec = w.get("cls.predictions.decoder.weight", w[e + "word_embeddings.weight"])
-        out["logits"] = x @ dec.T + w["cls.predictions.bias"]
+        if cfg.get("tie_word_embeddings", True):  # decoder = word embeddings, its bias = cls.predictions.bias
+            out["logits"] = x @ w[e + "word_embeddings.weight"].T + w["cls.predictions.bias"]
+        else:  # transformers 5: the decoder Linear's own weight and bias
+            out["logits"] = x @ w["cls.predictions.decoder.weight"].T + w["cls.predictions.decoder.bias"]
     if pooler:
         out["pooled"] = np.tanh(lin(h[:, 0], prefix + "pooler.dense"))
     return out

@@ -182,6 +182,33 @@ def test_other_activations_pooler_and_bare_encoder_match_numpy(act, pooler, mlm_
     assert all(k.startswith(("bert.", "cls.")) for k in model.state_dict()) == mlm_head
 
 
+def test_untied_decoder_has_its_own_weight_and_bias(tmp_path):
+    """tie_word_embeddings=false (transformers 5): decoder.weight and decoder.bias are separate parameters and
+    cls.predictions.bias is unused (kept and written back as is); a transformers-4 file without decoder.bias
+    (there it was cls.predictions.bias) loads too."""
+    cfg = bert.BertConfig(vocab_size=30, hidden_size=12, num_hidden_layers=1, num_attention_heads=3,
+                          intermediate_size=20, max_position_embeddings=16, tie_word_embeddings=False)  # fmt: skip
+    model = bert.from_config(cfg, seed=1)
+    assert model.decoder is not model.word and "cls.predictions.bias" not in model.variables()
+    weights = _random_state(model, 2)
+    assert {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "cls.predictions.bias"} <= set(weights)
+    model.load_state_dict(weights)
+    rng = np.random.default_rng(3)
+    mask = bert.masked.mask_from_lengths([6, 3], 6)
+    ids = np.where(mask > 0, rng.integers(1, 30, (2, 6)), 0)
+    got = model.graph.run(model.feeds(ids, mask), model.outputs.logits.value)
+    want = R.bert_forward(weights, cfg.to_dict(), ids, mask)["logits"]
+    np.testing.assert_allclose(got[mask > 0], want[mask > 0], rtol=0, atol=2e-5)
+    folder = model.save_pretrained(tmp_path / "untied")
+    saved = load_file(str(folder / "model.safetensors"))
+    assert all(np.array_equal(saved[k], weights[k]) for k in weights)
+    # transformers 4 layout: no decoder.bias; the decoder's bias was cls.predictions.bias
+    t4 = {k: v for k, v in saved.items() if k != "cls.predictions.decoder.bias"}
+    save_file(t4, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    old = bert.from_pretrained(folder)
+    np.testing.assert_array_equal(old.state_dict()["cls.predictions.decoder.bias"], saved["cls.predictions.bias"])
+
+
 def test_config_refuses_what_it_cannot_compute():
     for field_, value, match in [
         ("hidden_act", "swish", "hidden_act 'swish' is not supported"),

@@ -94,15 +94,18 @@ def test_train_here_save_and_transformers_computes_the_same(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "act, arch",
-    [("gelu_new", "BertForMaskedLM"), ("gelu_pytorch_tanh", "BertForMaskedLM"), ("relu", "BertForMaskedLM"),
-     ("quick_gelu", "BertForMaskedLM"), ("gelu", "BertModel")],
+    "act, arch, tied",
+    [("gelu_new", "BertForMaskedLM", True), ("gelu_pytorch_tanh", "BertForMaskedLM", True),
+     ("relu", "BertForMaskedLM", True), ("quick_gelu", "BertForMaskedLM", True), ("gelu", "BertModel", True),
+     ("gelu", "BertForMaskedLM", False)],
 )  # fmt: skip
-def test_saved_configurations_mean_the_same_to_transformers(tmp_path, act, arch):
-    """Activations by transformers' names, eps, the pooler and the bare-encoder layout survive the trip."""
+def test_saved_configurations_mean_the_same_to_transformers(tmp_path, act, arch, tied):
+    """Activations by transformers' names, eps, the pooler, the bare-encoder layout and an untied decoder
+    survive the trip."""
     head = arch == "BertForMaskedLM"
     sizes = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24)
-    cfg = bert.BertConfig(**sizes, max_position_embeddings=20, hidden_act=act, layer_norm_eps=1e-6)
+    cfg = bert.BertConfig(**sizes, max_position_embeddings=20, hidden_act=act, layer_norm_eps=1e-6,
+                          tie_word_embeddings=tied)  # fmt: skip
     model = bert.from_config(cfg, seed=4, mlm_head=head, pooler=not head)
     rng = np.random.default_rng(5)
     model.load_state_dict({k: rng.normal(0, 0.3, a.shape).astype(np.float32) for k, a in model.state_dict().items()})
@@ -118,11 +121,12 @@ def test_saved_configurations_mean_the_same_to_transformers(tmp_path, act, arch)
     feeds = model.feeds(ids, mask, tt, labels if head else None)
     o = model.outputs
     ours = model.graph.run(feeds, [o.logits.value, o.loss] if head else [o.sequence_output.value, o.pooled])
-    folder = model.save_pretrained(tmp_path / act)
+    folder = model.save_pretrained(tmp_path / f"{act}-{tied}")
     (res,) = run_hf(tmp_path, [{"folder": folder, "arch": arch, "inputs": inputs}])
     assert_loaded_cleanly(res)
     valid = mask == 1
     if head:
+        assert bool(res["tied"]) == tied
         np.testing.assert_allclose(res["logits"][valid], ours[0][valid], rtol=0, atol=1e-5)
         assert abs(float(res["loss"]) - float(ours[1])) <= 1e-6 * max(1.0, abs(float(ours[1])))
     else:
