@@ -102,6 +102,9 @@ public final class Training {
         /** Gradients of the last {@link #computeGradients} call (null entries: the loss does not depend on it). */
         final INDArray[] grads;
         double lastLoss = Double.NaN;
+        /** Scalars computed in the same forward pass as the loss (e.g. the count a masked loss averages over). */
+        String[] extras = new String[0];
+        double[] lastExtras = new double[0];
 
         Session(SameDiff sd, String[] features, String loss) {
             this.sd = sd;
@@ -122,6 +125,12 @@ public final class Training {
         /** Names of the trained variables, in the order of flat gradients. */
         public String[] params() {
             return params.clone();
+        }
+
+        /** Scalars to compute with every step's loss (returned after it by {@link Training#step}). */
+        public void setExtras(String[] names) {
+            extras = names.clone();
+            lastExtras = new double[names.length];
         }
     }
 
@@ -198,11 +207,20 @@ public final class Training {
      * {@code addresses[i]} is feed i's first byte; {@code shapes} holds, per feed, its rank then its dims.
      * Returns the loss the step's forward pass produced (before the update); NaN if it was not seen.
      */
+    /**
+     * One training step: {@link #computeGradients}, then {@link #applyGradients} if the loss and every
+     * gradient are finite. Returns {loss, -1 if applied else the culprit (see {@link #firstNonFiniteGradient}),
+     * the session's extra scalars...}.
+     */
     public static double[] step(Session s, long[] addresses, long[] shapes) {
         double loss = computeGradients(s, addresses, shapes);
         int bad = firstNonFiniteGradient(s, loss);
         if (bad < 0) applyGradients(s);
-        return new double[]{loss, bad};
+        double[] out = new double[2 + s.extras.length];
+        out[0] = loss;
+        out[1] = bad;
+        System.arraycopy(s.lastExtras, 0, out, 2, s.extras.length);
+        return out;
     }
 
     static INDArray[] wrapFeeds(Session s, long[] addresses, long[] shapes) {
@@ -230,9 +248,15 @@ public final class Training {
         requireCurrent(s);
         Map<String, INDArray> ph = new HashMap<>();
         for (int i = 0; i < feats.length; i++) ph.put(s.features[i], feats[i]);
-        OutAndGrad og = s.sd.calculateGradientsAndOutputs(ph, Collections.singletonList(s.loss), Arrays.asList(s.params));
+        List<String> outs = new ArrayList<>();
+        outs.add(s.loss);
+        Collections.addAll(outs, s.extras);
+        OutAndGrad og = s.sd.calculateGradientsAndOutputs(ph, outs, Arrays.asList(s.params));
         INDArray l = og.getOutputs().get(s.loss);
         s.lastLoss = l.isScalar() ? l.getDouble(0) : l.sumNumber().doubleValue();
+        for (int i = 0; i < s.extras.length; i++) {
+            s.lastExtras[i] = og.getOutputs().get(s.extras[i]).sumNumber().doubleValue();
+        }
         Map<String, INDArray> g = og.getGradients();
         for (int i = 0; i < s.params.length; i++) {
             INDArray a = g.get(s.params[i]);
