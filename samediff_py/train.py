@@ -443,10 +443,11 @@ class Trainer:
         self._last_count = float(extras[0]) if extras else math.nan
         if bad >= 0 and on_nonfinite != "skip":
             what = "the loss" if bad >= len(self.params) else f"the gradient of {self.params[int(bad)]!r}"
+            state = f"after step {step - 1}" if step else "before training"
             raise TrainingError(
                 f"training step {step}: {what} is not finite (loss {loss}); the update was NOT applied: weights, "
-                f"updater state and iteration count are those after step {step - 1}. Lower the learning rate, check "
-                "the batch, or pass on_nonfinite='skip' to skip such steps."
+                f"updater state and iteration count are those {state}. Lower the learning rate, check the batch, "
+                "or pass on_nonfinite='skip' to skip such steps."
             )
         return float(loss)
 
