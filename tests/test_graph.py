@@ -447,7 +447,7 @@ def test_backend_missing_names_the_command(tmp_path):
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert str(tmp_path) in res.stdout
-    assert "gradle -q fetchJars" in res.stdout and "./dev setup" in res.stdout
+    assert "samediff-py fetch" in res.stdout and "./dev setup" in res.stdout and "doctor" in res.stdout
 
 
 def test_backend_missing_is_a_runtime_error():
