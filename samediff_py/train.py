@@ -32,7 +32,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import _jvm, ops
+from . import _jvm, arrays, ops
 from .checkpoint import FORMAT, ModelFileError, export_weights, import_weights, load, save
 from .errors import TrainingError
 from .graph import Graph, Var
@@ -424,6 +424,60 @@ class Trainer:
         """
         arrs = self._train_feeds(feeds, rng if rng is not None else np.random.default_rng())
         return self._step(arrs, on_nonfinite)
+
+    # ------------------------------------------------------------------ a step in two calls (data parallel)
+    @property
+    def flat_size(self) -> int:
+        """Elements of all trained variables: the length of a flat gradient (:meth:`compute_gradients`)."""
+        with _jvm.java_errors():
+            return int(_training().flatSize(self._session))
+
+    def compute_gradients(
+        self, feeds: Feeds, rng: np.random.Generator | None = None
+    ) -> tuple[float, np.ndarray, float]:
+        """Phase one of :meth:`step`, nothing updated: ``(loss, flat gradient, weight)``.
+
+        The flat gradient concatenates every trained variable's gradient (C order) in :attr:`params` order,
+        in the graph's dtype. ``weight`` is what this batch's loss averages over: its counted positions for a
+        masked loss, its rows otherwise. Data-parallel workers combine batches as
+        ``sum(weight_i * grad_i) / sum(weight_i)`` (and the same for losses), which equals the gradient of
+        the loss over all their batches at once.
+        """
+        arrs = self._train_feeds(feeds, rng if rng is not None else np.random.default_rng())
+        shapes = [d for a in arrs for d in (a.ndim, *a.shape)]
+        flat = np.empty(self.flat_size, self.graph.dtype)
+        dtype = _jvm.dtype_enum(arrays.ND4J_DTYPES[flat.dtype])
+        with _jvm.java_errors():
+            loss = float(_training().computeGradients(self._session, [a.ctypes.data for a in arrs], shapes))
+            extras = list(self._session.extraValues())
+            _training().packGradients(self._session, flat.ctypes.data, dtype)
+        rows = _rows({k: a for k, a in zip(self.need, arrs, strict=False) if k in self.inputs})
+        weight = float(extras[0]) if self._count is not None else float(rows)
+        return loss, flat, weight
+
+    def apply_gradients(self, flat: np.ndarray, on_nonfinite: str = "raise") -> bool:
+        """Phase two of :meth:`step`: apply a flat gradient (e.g. averaged over workers) with this Trainer's
+        updater, regularisation and iteration count, exactly as :meth:`step` does. Returns True if applied;
+        a non-finite gradient is not applied (``on_nonfinite="raise"`` raises :class:`TrainingError`)."""
+        flat = np.ascontiguousarray(flat, dtype=self.graph.dtype)
+        if flat.shape != (self.flat_size,):
+            raise ValueError(
+                f"apply_gradients: expected a flat gradient of {self.flat_size} elements, got {flat.shape}"
+            )
+        step = self.iterations
+        with _jvm.java_errors():
+            _training().unpackGradients(
+                self._session, flat.ctypes.data, _jvm.dtype_enum(arrays.ND4J_DTYPES[flat.dtype])
+            )
+            bad = int(_training().firstNonFiniteGradient(self._session, 0.0))
+            if bad < 0:
+                _training().applyGradients(self._session)
+                return True
+        if on_nonfinite != "skip":
+            raise TrainingError(
+                f"training step {step}: the gradient of {self.params[bad]!r} is not finite; the update was NOT applied"
+            )
+        return False
 
     def _step(self, arrs: list[np.ndarray], on_nonfinite: str = "raise") -> float:
         # graph.gradients(...) or another Trainer may have pointed SameDiff at another loss since the last

@@ -127,6 +127,11 @@ public final class Training {
             return params.clone();
         }
 
+        /** The extra scalars of the last {@link Training#computeGradients}. */
+        public double[] extraValues() {
+            return lastExtras.clone();
+        }
+
         /** Scalars to compute with every step's loss (returned after it by {@link Training#step}). */
         public void setExtras(String[] names) {
             extras = names.clone();
@@ -316,6 +321,45 @@ public final class Training {
             s.grads[i] = null;
         }
         c.incrementIterationCount();
+    }
+
+    /** Number of elements of all trained variables (the length of a flat gradient). */
+    public static long flatSize(Session s) {
+        long n = 0;
+        for (String p : s.params) n += s.sd.getVariable(p).getArr().length();
+        return n;
+    }
+
+    /**
+     * Copies the session's gradients (from {@link #computeGradients}), in {@code params} order, into the native
+     * buffer at {@code address} (flatSize elements of {@code dtype}); a variable the loss does not reach
+     * contributes zeros. One memory copy per variable, no Java arrays.
+     */
+    public static void packGradients(Session s, long address, DataType dtype) {
+        long offset = 0;
+        for (int i = 0; i < s.params.length; i++) {
+            INDArray param = s.sd.getVariable(s.params[i]).getArr();
+            long n = param.length();
+            INDArray dst = Bridge.wrap(address + offset * dtype.width(), dtype, new long[]{n});
+            if (s.grads[i] == null) dst.assign(0);
+            else dst.assign(s.grads[i].reshape('c', new long[]{n}));
+            offset += n;
+        }
+    }
+
+    /**
+     * Replaces the session's gradients with a flat buffer at {@code address} (e.g. the average of every
+     * worker's gradients), ready for {@link #applyGradients}. The buffer is copied.
+     */
+    public static void unpackGradients(Session s, long address, DataType dtype) {
+        long offset = 0;
+        for (int i = 0; i < s.params.length; i++) {
+            INDArray param = s.sd.getVariable(s.params[i]).getArr();
+            long n = param.length();
+            INDArray src = Bridge.wrap(address + offset * dtype.width(), dtype, new long[]{n});
+            s.grads[i] = src.castTo(param.dataType()).reshape('c', param.shape()).dup('c');
+            offset += n;
+        }
     }
 
     /** M2.1 creates the updaters (and their state) lazily inside fit; the two-phase step needs them first. */
