@@ -212,6 +212,10 @@ def matmul(a: Var, b: Var, name: str | None = None, *, transpose_b: bool = False
         bt = f"{_fmt(b.shape)}.T" if transpose_b else _fmt(b.shape)
         raise ValueError(f"matmul: inner dimensions differ: {_fmt(a.shape)} @ {bt}")
     shape = (*a.shape[:-1], n)
+    if k == 1:
+        # an inner dimension of 1 is an outer product: [..., 1] * [1, n] broadcasts to [..., n]. Not mmul:
+        # M2.1's matmul_bp throws for [1, 1] @ [1, 1] (a one-row batch through a one-feature layer)
+        return multiply(a, b, name=name)
     if a.rank == 2:
         if transpose_b:
             return a.graph.op("matmul", name, lambda nm: _jvm.bridge().matmulT(a.graph.sd, nm, a.j, b.j), shape,
