@@ -13,6 +13,9 @@ build/bench-venv, whichever has torch + transformers), with its default attentio
 ``eager``, ``torch.set_num_threads(1)``; samediff_py in this process with nd4j's 1 thread (the default).
 Rounds alternate (samediff_py, then transformers), so load changes on a shared machine hit both; the
 figures are medians over all timed runs, the ratio is samediff_py time / transformers time (lower is better).
+CPU time (``time.process_time``: every thread of each process, the JVM's included) is reported too: on a
+shared, oversubscribed machine it shows the work done, where wall time also shows how long each process
+waited for a core.
 The first round also checks that both compute the same logits.
 
     python bench/bench_bert.py [--quick] [--rounds 5] [--reps 3] [--json FILE]
@@ -65,12 +68,14 @@ def hf_worker(folder: str, inputs: str, reps: int, out: str, check: bool) -> Non
             }
             for name, fn in fns.items():
                 fn()  # warm-up
-                ts = []
+                ts, cs = [], []
                 for _ in range(reps):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     fn()
                     ts.append(time.perf_counter() - t0)
+                    cs.append(time.process_time() - c0)
                 res[f"{attn}/{name}"] = ts
+                res[f"cpu:{attn}/{name}"] = cs
             if check and attn == "sdpa":
                 np.save(out + ".logits.npy", model(**kw).logits[:2].numpy())
     Path(out).write_text(json.dumps(res))
@@ -155,15 +160,17 @@ def main(quick: bool = False, **over) -> dict:
             ("batched", "mlm_logits"): (proto, proto.outputs.logits.value),
         }
         times: dict[tuple[str, str], list[float]] = {k: [] for k in ours}
+        cpu: dict[tuple[str, str], list[float]] = {k: [] for k in ours}
         hf: dict[str, list[float]] = {}
         for rnd in range(p["rounds"]):
             for key, (m, out) in ours.items():
                 if rnd == 0:
                     m.graph.run(feeds, out)  # warm-up
                 for _ in range(p["reps"]):
-                    t1 = time.perf_counter()
+                    t1, c1 = time.perf_counter(), time.process_time()
                     r = m.graph.run(feeds, out)
                     times[key].append(time.perf_counter() - t1)
+                    cpu[key].append(time.process_time() - c1)  # every thread of the process (JVM's included)
                     del r
             if py is not None:
                 h = run_hf(py, tmp / "ckpt", tmp / "inputs.npz", p["reps"], tmp, check=rnd == 0)
@@ -180,14 +187,17 @@ def main(quick: bool = False, **over) -> dict:
     tokens = b * t
     rows = {}
     for (variant, name), ts in times.items():
-        ours_s = statistics.median(ts)
-        row = {"samediff_py_ms": 1e3 * ours_s, "samediff_py_tok_s": tokens / ours_s}
+        ours_s, ours_c = statistics.median(ts), statistics.median(cpu[(variant, name)])
+        row = {"samediff_py_ms": 1e3 * ours_s, "samediff_py_tok_s": tokens / ours_s, "samediff_py_cpu_ms": 1e3 * ours_c}
         for attn in ("sdpa", "eager"):
             if f"{attn}/{name}" in hf:
                 m = statistics.median(hf[f"{attn}/{name}"])
+                c = statistics.median(hf[f"cpu:{attn}/{name}"])
                 row[f"hf_{attn}_ms"] = 1e3 * m
                 row[f"hf_{attn}_tok_s"] = tokens / m
                 row[f"ratio_vs_{attn}"] = ours_s / m
+                row[f"hf_{attn}_cpu_ms"] = 1e3 * c
+                row[f"cpu_ratio_vs_{attn}"] = ours_c / c
         rows[f"{name} ({variant})"] = row
     res["rows"] = rows
     return res
@@ -204,8 +214,9 @@ def report(res: dict) -> str:
         f"{res.get('max_abs_logit_diff_batched', float('nan')):.1e} (batched)",
         "fused: the package's default (DL4J's fused attention op); batched: a bench-local batched-heads prototype",
         "",
-        "| output | samediff_py ms | tokens/s | transformers sdpa ms | tokens/s | ratio | eager ms | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| output | samediff_py ms | tokens/s | transformers sdpa ms | tokens/s | ratio | eager ms | ratio |"
+        " CPU ms: samediff_py / sdpa / eager | CPU ratio vs sdpa / eager |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     nan = float("nan")
     for name, r in res["rows"].items():
@@ -213,7 +224,9 @@ def report(res: dict) -> str:
         lines.append(
             f"| {name} | {r['samediff_py_ms']:.0f} | {r['samediff_py_tok_s']:.0f} | {g('hf_sdpa_ms', nan):.0f}"
             f" | {g('hf_sdpa_tok_s', nan):.0f} | {g('ratio_vs_sdpa', nan):.2f}x | {g('hf_eager_ms', nan):.0f}"
-            f" | {g('ratio_vs_eager', nan):.2f}x |"
+            f" | {g('ratio_vs_eager', nan):.2f}x | {r['samediff_py_cpu_ms']:.0f} / {g('hf_sdpa_cpu_ms', nan):.0f}"
+            f" / {g('hf_eager_cpu_ms', nan):.0f} | {g('cpu_ratio_vs_sdpa', nan):.2f}x"
+            f" / {g('cpu_ratio_vs_eager', nan):.2f}x |"
         )
     return "\n".join(lines)
 
