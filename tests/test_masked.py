@@ -1042,3 +1042,32 @@ def test_cross_attention_gradients_match_finite_differences_with_tq_not_tk():
         fd_check(lambda a, i=i: ref(q, k, *W[:i], a, *W[i + 1 :]), W[i], grads[v.name], n=W[i].size, seed=i)
     np.testing.assert_array_equal(grads["xq"][mqs == 0], 0.0)
     np.testing.assert_array_equal(grads["xc"][mcs == 0], 0.0)
+
+
+def test_attention_output_width_is_wo_s_not_the_input_s():
+    """d_out != d_in: the output's static and run-time shapes follow wo [heads * head_size, d_out]."""
+    g = Graph(seed=0, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 6))
+    m = masked.mask_placeholder(g, "mask")
+    p = AttentionParams.create(g, "p", 6, 2, head_size=5, d_out=3)
+    out = masked.multi_head_attention(Masked(x, m), p)
+    assert out.shape == (None, None, 3)
+    rng = np.random.default_rng(0)
+    xs, ms = padded(rng, [4, 2], 4, 6)
+    got = g.run({"x": xs, "mask": ms}, out.value)
+    ref, _ = R.attention(np.where(ms[..., None] > 0, xs, 0), np.where(ms[..., None] > 0, xs, 0), ms, ms,
+                         *_weights(g, p))  # fmt: skip
+    assert got.shape == (2, 4, 3)
+    np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+def test_map_to_a_per_position_scalar_keeps_the_mask():
+    g = Graph(dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 3))
+    m = masked.mask_placeholder(g, "mask")
+    s = Masked(x, m).map(lambda v: ops.sum(v, -1))  # [batch, time]: still one value per position
+    assert isinstance(s, Masked) and s.shape == (None, None) and s.mask is m
+    xs = np.arange(12.0).reshape(2, 2, 3)
+    np.testing.assert_allclose(g.run({"x": xs, "mask": [[1, 1], [1, 0]]}, s.value), [[3, 12], [21, 0]])
+    with pytest.raises(MaskError, match="must return a \\[batch, time, ...\\] Var"):
+        Masked(x, m).map(lambda v: ops.sum(v, (1, 2)))
