@@ -5,8 +5,6 @@ samediff_py's own code."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import reference as R
@@ -14,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from samediff_py import FeedError, Graph, MaskError, Var, masked, ops
+from samediff_py import FeedError, Graph, MaskError, masked, ops
 from samediff_py.masked import AttentionParams, Masked
 
 HYP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-HUGE = 1e4  # filler at padded positions: it must never reach an output
+HUGE = 1e30  # filler at padded positions: it must never reach an output (NaN and inf: see "garbage" below)
 
 
 # =============================================================================== helpers
@@ -619,22 +617,15 @@ def test_fused_batched_and_unfused_attention_agree(dtype, tol):
     np.testing.assert_array_equal(got["batched"][3], 0.0)  # the empty row
 
 
-def test_batched_attention_honours_optional_biases():
-    """bq, bk, bv (after each projection) and bo (after the output projection), if the params carry them."""
-
-    @dataclass
-    class BiasedParams(AttentionParams):
-        bq: Var | None = None
-        bk: Var | None = None
-        bv: Var | None = None
-        bo: Var | None = None
-
+@pytest.mark.parametrize("impl", masked.attention.IMPLS)
+def test_attention_biases_against_numpy(impl):
+    """bq, bk, bv (after each projection) and bo (after the output projection), in both formulations."""
     g, x, p = _attn_graph(np.float64, d=4, heads=2, seed=3)
     rng = np.random.default_rng(4)
     bq, bk, bv = (g.variable(n, rng.normal(size=(2, 2))) for n in ("bq", "bk", "bv"))  # [heads, head_size]
     bo = g.variable("bo", rng.normal(size=4))
-    bp = BiasedParams(p.wq, p.wk, p.wv, p.wo, bq, bk, bv, bo)
-    out, w = masked.multi_head_attention(x, bp, return_weights=True)  # biases: the batched path, whatever default
+    bp = AttentionParams(p.wq, p.wk, p.wv, p.wo, bq, bk, bv, bo)
+    out, w = masked.multi_head_attention(x, bp, return_weights=True, impl=impl)
     xs, ms = padded(rng, [4, 2], 4, 4)
     o, wt = g.run({"x": xs, "mask": ms}, [out.value, w])
     wq, wk, wv, wo = _weights(g, p)
@@ -651,6 +642,127 @@ def test_batched_attention_honours_optional_biases():
     grads = g.gradients({"x": xs, "mask": ms}, ops.sum(ops.square(out.value)), [bq, bk, bv, bo])
     assert all(np.abs(v).max() > 0 for k, v in grads.items() if k != "bk")  # bk shifts every score equally
     np.testing.assert_allclose(grads["bk"], 0.0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------- attention with biases
+BIAS_SETS = {"all": ("bq", "bk", "bv", "bo"), "qkv": ("bq", "bk", "bv"), "k_only": ("bk",), "o_only": ("bo",)}
+
+
+def _biased_params(g, d, heads, which, rng, d_out=None):
+    """AttentionParams with random weights and the named biases set to large random values (a dropped or
+    misplaced bias changes the numbers)."""
+    p = AttentionParams.create(g, f"p{len(g.vars)}", d, heads, d_out=d_out)
+    g.set_value(p.wo, rng.normal(size=p.wo.shape) * 0.5)
+    hs = d // heads
+    bias = {
+        n: g.variable(f"{p.wq.name.split('/')[0]}/{n}", rng.normal(size=(d_out or d,) if n == "bo" else (heads, hs)))
+        for n in which
+    }
+    return AttentionParams(p.wq, p.wk, p.wv, p.wo, **bias)
+
+
+def _ref_args(g, p):
+    return {n: (g.get_value(getattr(p, n)) if getattr(p, n) is not None else None) for n in ("bq", "bk", "bv", "bo")}
+
+
+@pytest.mark.parametrize("which", BIAS_SETS)
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (np.float64, 1e-10)])
+def test_attention_with_biases_matches_reference(which, dtype, tol):
+    """Fused (biases as an extra input column of the fused op's weights) and unfused paths, self-attention,
+    huge values at padded positions, a row with a single valid key."""
+    g = Graph(seed=2, dtype=dtype)
+    x = g.placeholder("x", ("batch", "time", 6))
+    m = masked.mask_placeholder(g, "mask")
+    rng = np.random.default_rng(21)
+    p = _biased_params(g, 6, 2, BIAS_SETS[which], rng)
+    out, w = masked.multi_head_attention(Masked(x, m), p, return_weights=True, name="att")
+    unf = masked.multi_head_attention_unfused(Masked(x, m), p)
+    xs, ms = padded(rng, [5, 3, 1], 5, 6)
+    o, wt, ou = g.run({"x": xs, "mask": ms}, [out.value, w, unf.value])
+    ro, rw = R.attention(xs, xs, ms, ms, *_weights(g, p), **_ref_args(g, p))
+    np.testing.assert_allclose(o, ro, atol=tol, rtol=tol)
+    np.testing.assert_allclose(ou, ro, atol=tol, rtol=tol)
+    np.testing.assert_allclose(wt, rw, atol=tol, rtol=tol)
+    np.testing.assert_array_equal(o[ms == 0], 0.0)  # padded queries give 0, not bo
+    np.testing.assert_array_equal(ou[ms == 0], 0.0)
+    np.testing.assert_array_equal(wt * (1 - ms)[:, None, None, :], 0.0)  # a biased padded key still gets 0
+    # the biases matter (the same weights without them give other numbers), except a key bias alone: it adds
+    # q . bk to all of a query's scores, which the softmax ignores
+    plain, _ = R.attention(xs, xs, ms, ms, *_weights(g, p))
+    assert np.abs(plain - ro).max() > 1e-2 if which != "k_only" else np.abs(plain - ro).max() < 1e-9
+
+
+def test_cross_attention_with_biases_and_an_empty_context_row():
+    g = Graph(seed=5, dtype=np.float64)
+    xq = g.placeholder("xq", ("batch", "tq", 4))
+    xc = g.placeholder("xc", ("batch", "tk", 4))
+    mq = masked.mask_placeholder(g, "mq", ("batch", "tq"))
+    mc = masked.mask_placeholder(g, "mc", ("batch", "tk"), allow_empty_rows=True)
+    rng = np.random.default_rng(22)
+    p = _biased_params(g, 4, 2, BIAS_SETS["all"], rng, d_out=3)
+    out, w = masked.multi_head_attention(Masked(xq, mq), p, Masked(xc, mc), return_weights=True)
+    unf = masked.multi_head_attention_unfused(Masked(xq, mq), p, Masked(xc, mc))
+    q, mqs = padded(rng, [3, 2], 3, 4)
+    c, mcs = padded(rng, [4, 0], 5, 4)  # row 1: no valid key at all
+    fd = {"xq": q, "xc": c, "mq": mqs, "mc": mcs}
+    o, wt, ou = g.run(fd, [out.value, w, unf.value])
+    ro, rw = R.attention(q, c, mqs, mcs, *_weights(g, p), **_ref_args(g, p))
+    assert o.shape == (2, 3, 3)
+    np.testing.assert_allclose(o, ro, atol=1e-10)
+    np.testing.assert_allclose(ou, ro, atol=1e-10)
+    np.testing.assert_allclose(wt, rw, atol=1e-10)
+    np.testing.assert_array_equal(o[1], 0.0)  # no key: 0, not bo
+    for loss_out in (out, unf):
+        grads = g.gradients(fd, ops.sum(ops.square(loss_out.value)), wrt=[xq, xc, *p.variables()])
+        assert all(np.isfinite(a).all() for a in grads.values())
+        np.testing.assert_array_equal(grads["xq"][1], 0.0)
+        np.testing.assert_array_equal(grads["xc"][1], 0.0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_bias_gradients_match_finite_differences(fused):
+    g = Graph(seed=8, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 4))
+    m = masked.mask_placeholder(g, "mask")
+    rng = np.random.default_rng(23)
+    p = _biased_params(g, 4, 2, BIAS_SETS["all"], rng)
+    att = masked.multi_head_attention if fused else masked.multi_head_attention_unfused
+    out = att(Masked(x, m), p)
+    c = g.constant("c", rng.normal(size=(2, 4, 4)))
+    loss = ops.sum(ops.multiply(out.value, c))
+    xs, ms = padded(rng, [4, 2], 4, 4)
+    fd = {"x": xs, "mask": ms}
+    grads = g.gradients(fd, loss, wrt=[g["x"], *p.variables()])
+    W, B, cv = _weights(g, p), _ref_args(g, p), g.get_value(c)
+    fd_check(lambda a: float((R.attention(a, a, ms, ms, *W, **B)[0] * cv).sum()), xs, grads["x"], n=xs.size)
+    np.testing.assert_array_equal(grads["x"][ms == 0], 0.0)
+    for i, v in enumerate((p.wq, p.wk, p.wv, p.wo)):
+        f = lambda a, i=i: float((R.attention(xs, xs, ms, ms, *W[:i], a, *W[i + 1 :], **B)[0] * cv).sum())  # noqa: E731
+        fd_check(f, W[i], grads[v.name], n=W[i].size, seed=i)
+    for n in ("bq", "bk", "bv", "bo"):
+        v = getattr(p, n)
+        f = lambda a, n=n: float((R.attention(xs, xs, ms, ms, *W, **{**B, n: a})[0] * cv).sum())  # noqa: E731
+        fd_check(f, B[n], grads[v.name], n=B[n].size)
+        if n != "bk":
+            assert np.abs(grads[v.name]).max() > 1e-3, n
+    # a key bias adds q . bk to every key's score of a query: softmax ignores it, so its gradient is 0
+    np.testing.assert_allclose(grads[p.bk.name], 0.0, atol=1e-12)
+
+
+def test_attention_params_check_bias_shapes():
+    g = Graph()
+    p = AttentionParams.create(g, "p", 6, 2)
+    assert p.bq is None and p.bo is None and not p.has_input_biases
+    ok = AttentionParams(p.wq, p.wk, p.wv, p.wo, bk=g.variable("bk", np.zeros((2, 3))))
+    assert ok.has_input_biases and ok.head_size == 3 and len(ok.variables()) == 5
+    with pytest.raises(ValueError, match=r"bq must be \[heads, head_size\] = \(2, 3\)"):
+        AttentionParams(p.wq, p.wk, p.wv, p.wo, bq=g.variable("bq", np.zeros(6)))
+    with pytest.raises(ValueError, match=r"bo must be \[d_out\]"):
+        AttentionParams(p.wq, p.wk, p.wv, p.wo, bo=g.variable("bo", np.zeros(5)))
+    with pytest.raises(ValueError, match="wk"):
+        AttentionParams(p.wq, g.variable("wk2", np.zeros((3, 2, 6))), p.wv, p.wo)
+    full = AttentionParams.create(g, "q", 6, 2, biases=True)
+    assert [v.shape for v in full.variables()[4:]] == [(2, 3), (2, 3), (2, 3), (6,)]
 
 
 # =============================================================================== 5. cross-entropy
@@ -835,3 +947,175 @@ def test_fused_argument_is_deprecated_gives_the_same_loss_and_composes(fused):
     assert float(gf.run(empty, lf)) == 0.0
     grad = gf.gradients(empty, lf)["logits"]
     assert np.isfinite(grad).all() and (grad == 0).all()
+
+
+# =============================================================================== 7. garbage at padding
+GARBAGE = [np.nan, np.inf, -np.inf, 1e30, -1e30, 1e9, 3e38]
+
+
+def _garbage_graph():
+    """Every masked op on one padded input; returns (graph, outputs dict, loss)."""
+    g = Graph(seed=3, dtype=np.float32)
+    x = g.placeholder("x", ("batch", "time", 4))
+    q = g.placeholder("q", ("batch", "tq", 4))
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    m = masked.mask_placeholder(g, "mask")
+    mq = masked.mask_placeholder(g, "mq", ("batch", "tq"))
+    h = Masked(x, m)
+    p = AttentionParams.create(g, "p", 4, 2)
+    att = masked.multi_head_attention(h, p)
+    cross = masked.multi_head_attention(Masked(q, mq), p, h)
+    unfused = masked.multi_head_attention_unfused(h, p)
+    logits = masked.dense(h, g.variable("w", shape=(4, 5)))
+    outs = {
+        "mean": masked.mean_pool(h),
+        "sum": masked.sum_pool(h),
+        "max": masked.max_pool(h),
+        "att": att.value,
+        "cross": cross.value,
+        "unfused": unfused.value,
+        "xent": masked.softmax_cross_entropy(logits, labels),
+        "acc": masked.accuracy(logits, labels),
+    }
+    loss = ops.add(outs["xent"], ops.sum(ops.square(masked.mean_pool(cross))))
+    return g, outs, loss
+
+
+@pytest.mark.parametrize("junk", GARBAGE, ids=str)
+def test_garbage_at_padded_positions_changes_nothing(junk):
+    """NaN/inf at padding used to turn pooling, attention and the loss into NaN (x * 0 keeps NaN), and 1e9 at
+    padded KEYS moved valid attention outputs by 1e8 (DL4J's additive -1e9 key mask). Masked values select:
+    outputs and gradients must be bit-identical to zeros at padding."""
+    g, outs, loss = _garbage_graph()
+    rng = np.random.default_rng(0)
+    ms = masked.mask_from_lengths([5, 3, 1], 5)
+    mqs = masked.mask_from_lengths([2, 3, 1], 3)
+    clean = {
+        "x": np.where(ms[..., None] > 0, rng.normal(size=(3, 5, 4)), 0.0).astype(np.float32),
+        "q": np.where(mqs[..., None] > 0, rng.normal(size=(3, 3, 4)), 0.0).astype(np.float32),
+        "labels": rng.integers(0, 5, (3, 5)).astype(np.int32),
+        "mask": ms,
+        "mq": mqs,
+    }
+    dirty = dict(clean)
+    dirty["x"] = np.where(ms[..., None] > 0, clean["x"], np.float32(junk)).astype(np.float32)
+    dirty["q"] = np.where(mqs[..., None] > 0, clean["q"], np.float32(junk)).astype(np.float32)
+    a, b = g.run(clean, outs), g.run(dirty, outs)
+    for k in outs:
+        assert np.isfinite(b[k]).all(), k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    ga = g.gradients(clean, loss, [*g.trainable(), g["x"], g["q"]])
+    gb = g.gradients(dirty, loss, [*g.trainable(), g["x"], g["q"]])
+    for k in ga:
+        assert np.isfinite(gb[k]).all(), k
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+    np.testing.assert_array_equal(gb["x"][ms == 0], 0.0)
+
+
+def test_cross_entropy_selects_padded_logits_made_inside_the_graph():
+    """Padded logits produced by per-position ops (here a per-time table holding 3e38 where rows are padded)
+    must be selected away by the loss itself: log-softmax of 3e38 gives -inf, times a zero one-hot is NaN."""
+    g = Graph(seed=0, dtype=np.float32)
+    x = g.placeholder("x", ("batch", "time", 5))
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    m = masked.mask_placeholder(g, "mask")
+    table = np.zeros((1, 4, 5), np.float32)
+    table[0, 2:, 1:] = 3e38  # positions 2, 3 are padded in the fed rows
+    logits = Masked(x, m) + g.constant("table", table)
+    loss = masked.softmax_cross_entropy(logits, labels)
+    acc = masked.accuracy(logits, labels)
+    rng = np.random.default_rng(1)
+    fd = {
+        "x": rng.normal(size=(2, 4, 5)).astype(np.float32),
+        "labels": rng.integers(0, 5, (2, 4)).astype(np.int32),
+        "mask": masked.mask_from_lengths([2, 2], 4),
+    }
+    got_loss, got_acc = g.run(fd, [loss, acc])
+    ref = R.masked_xent(fd["x"].astype(np.float64), fd["labels"], fd["mask"])
+    assert got_loss == pytest.approx(ref, rel=1e-5)
+    assert got_acc == pytest.approx(R.top_k_accuracy(fd["x"], fd["labels"], fd["mask"], 1))
+
+
+def test_reflected_operators_keep_their_order():
+    """1 - masked is not masked - 1, 2 / masked is not masked / 2 (a swapped operand passed every test)."""
+    g = Graph(seed=0, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 2))
+    m = masked.mask_placeholder(g, "mask")
+    h = Masked(x, m)
+    outs = {"rsub": 1.0 - h, "rdiv": 2.0 / (h + 3.0), "rmul": 3.0 * h, "radd": 4.0 + h}
+    xs = np.arange(1.0, 7.0).reshape(1, 3, 2)
+    got = g.run({"x": xs, "mask": [[1, 1, 1]]}, {k: v.value for k, v in outs.items()})
+    np.testing.assert_allclose(got["rsub"], 1.0 - xs)
+    np.testing.assert_allclose(got["rdiv"], 2.0 / (xs + 3.0))
+    np.testing.assert_allclose(got["rmul"], 3.0 * xs)
+    np.testing.assert_allclose(got["radd"], 4.0 + xs)
+
+
+def test_unfused_attention_matches_the_numpy_reference_directly():
+    g, x, p = _attn_graph(np.float64, seed=21)
+    out = masked.multi_head_attention_unfused(x, p)
+    rng = np.random.default_rng(22)
+    xs, ms = padded(rng, [5, 2, 4], 5, 6)
+    got = g.run({"x": xs, "mask": ms}, out.value)
+    clean = np.where(ms[..., None] > 0, xs, 0.0)
+    ref, _ = R.attention(clean, clean, ms, ms, *_weights(g, p))
+    np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+def test_cross_attention_gradients_match_finite_differences_with_tq_not_tk():
+    g = Graph(seed=9, dtype=np.float64)
+    xq = g.placeholder("xq", ("batch", "tq", 4))
+    xc = g.placeholder("xc", ("batch", "tk", 4))
+    mq = masked.mask_placeholder(g, "mq", ("batch", "tq"))
+    mc = masked.mask_placeholder(g, "mc", ("batch", "tk"))
+    p = AttentionParams.create(g, "p", 4, 2)
+    g.set_value(p.wo, np.random.default_rng(0).normal(size=p.wo.shape))
+    out = masked.multi_head_attention(Masked(xq, mq), p, Masked(xc, mc))
+    rng = np.random.default_rng(10)
+    c = rng.normal(size=(2, 3, 4))
+    loss = ops.sum(ops.multiply(out.value, g.constant("c", c)))
+    q, mqs = padded(rng, [3, 2], 3, 4)
+    k, mcs = padded(rng, [5, 2], 5, 4)
+    fd = {"xq": q, "xc": k, "mq": mqs, "mc": mcs}
+    W = _weights(g, p)
+    grads = g.gradients(fd, loss, wrt=[xq, xc, p.wq, p.wk, p.wv, p.wo])
+
+    def ref(qa, ka, *w):
+        o, _ = R.attention(np.where(mqs[..., None] > 0, qa, 0), np.where(mcs[..., None] > 0, ka, 0), mqs, mcs, *w)
+        return float((o * c).sum())
+
+    fd_check(lambda a: ref(a, k, *W), q, grads["xq"], n=q.size)
+    fd_check(lambda a: ref(q, a, *W), k, grads["xc"], n=k.size)
+    for i, v in enumerate((p.wq, p.wk, p.wv, p.wo)):
+        fd_check(lambda a, i=i: ref(q, k, *W[:i], a, *W[i + 1 :]), W[i], grads[v.name], n=W[i].size, seed=i)
+    np.testing.assert_array_equal(grads["xq"][mqs == 0], 0.0)
+    np.testing.assert_array_equal(grads["xc"][mcs == 0], 0.0)
+
+
+def test_attention_output_width_is_wo_s_not_the_input_s():
+    """d_out != d_in: the output's static and run-time shapes follow wo [heads * head_size, d_out]."""
+    g = Graph(seed=0, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 6))
+    m = masked.mask_placeholder(g, "mask")
+    p = AttentionParams.create(g, "p", 6, 2, head_size=5, d_out=3)
+    out = masked.multi_head_attention(Masked(x, m), p)
+    assert out.shape == (None, None, 3)
+    rng = np.random.default_rng(0)
+    xs, ms = padded(rng, [4, 2], 4, 6)
+    got = g.run({"x": xs, "mask": ms}, out.value)
+    ref, _ = R.attention(np.where(ms[..., None] > 0, xs, 0), np.where(ms[..., None] > 0, xs, 0), ms, ms,
+                         *_weights(g, p))  # fmt: skip
+    assert got.shape == (2, 4, 3)
+    np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+def test_map_to_a_per_position_scalar_keeps_the_mask():
+    g = Graph(dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 3))
+    m = masked.mask_placeholder(g, "mask")
+    s = Masked(x, m).map(lambda v: ops.sum(v, -1))  # [batch, time]: still one value per position
+    assert isinstance(s, Masked) and s.shape == (None, None) and s.mask is m
+    xs = np.arange(12.0).reshape(2, 2, 3)
+    np.testing.assert_allclose(g.run({"x": xs, "mask": [[1, 1], [1, 0]]}, s.value), [[3, 12], [21, 0]])
+    with pytest.raises(MaskError, match="must return a \\[batch, time, ...\\] Var"):
+        Masked(x, m).map(lambda v: ops.sum(v, (1, 2)))

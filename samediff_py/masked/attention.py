@@ -42,22 +42,83 @@ BIG = 1e9  # DL4J's additive key-mask offset, reproduced by the unfused formulat
 @dataclass
 class AttentionParams:
     """Weights of multi-head attention in DL4J's layout: ``wq/wk/wv [heads, head_size, d_in]``,
-    ``wo [heads * head_size, d_out]``. A plain object: build it with :meth:`create` or from your own Vars."""
+    ``wo [heads * head_size, d_out]``, and optional biases ``bq/bk/bv [heads, head_size]`` (added to each
+    head's projection) and ``bo [d_out]`` (added to the output). A plain object: build it with :meth:`create`
+    or from your own Vars (e.g. a loaded checkpoint).
+
+    With biases, head ``h`` computes ``q_h = x @ wq[h].T + bq[h]`` (likewise ``k_h``, ``v_h``) and the output
+    is ``concat_h(attn_h) @ wo + bo``: a Hugging Face ``nn.Linear`` ``[out, in]`` weight ``W`` of ``heads *
+    head_size`` outputs is ``W.reshape(heads, head_size, d_in)`` here, its bias ``b.reshape(heads, head_size)``.
+    """
 
     wq: Var
     wk: Var
     wv: Var
     wo: Var
+    bq: Var | None = None
+    bk: Var | None = None
+    bv: Var | None = None
+    bo: Var | None = None
+
+    def __post_init__(self) -> None:
+        for n in ("wq", "wk", "wv"):
+            w = getattr(self, n)
+            if w.rank != 3:
+                raise ValueError(f"AttentionParams.{n} must be [heads, head_size, d_in], {w.name!r} has {w.shape}")
+        if self.wo.rank != 2:
+            raise ValueError(
+                f"AttentionParams.wo must be [heads * head_size, d_out], {self.wo.name!r} has {self.wo.shape}"
+            )
+        heads, hs = self.wq.shape[0], self.wq.shape[1]
+        for n in ("wk", "wv"):
+            w = getattr(self, n)
+            if tuple(w.shape[:2]) != (heads, hs):
+                raise ValueError(
+                    f"AttentionParams.{n} {w.shape} does not match wq {self.wq.shape} on [heads, head_size]"
+                )
+        if None not in (heads, hs) and self.wo.shape[0] not in (None, heads * hs):
+            raise ValueError(f"AttentionParams.wo {self.wo.shape} must have heads * head_size = {heads * hs} rows")
+        for n in ("bq", "bk", "bv"):
+            b = getattr(self, n)
+            if b is not None and tuple(b.shape) != (heads, hs):
+                raise ValueError(
+                    f"AttentionParams.{n} must be [heads, head_size] = {(heads, hs)}, {b.name!r} has {b.shape}"
+                )
+        if self.bo is not None and tuple(self.bo.shape) != (self.wo.shape[1],):
+            raise ValueError(
+                f"AttentionParams.bo must be [d_out] = ({self.wo.shape[1]},), {self.bo.name!r} has {self.bo.shape}"
+            )
 
     @property
     def heads(self) -> int:
         return int(self.wq.shape[0])
 
+    @property
+    def head_size(self) -> int:
+        return int(self.wq.shape[1])
+
+    @property
+    def has_input_biases(self) -> bool:
+        return any(b is not None for b in (self.bq, self.bk, self.bv))
+
+    def variables(self) -> list[Var]:
+        """Every Var of these parameters (weights, then the biases that are set)."""
+        return [v for v in (self.wq, self.wk, self.wv, self.wo, self.bq, self.bk, self.bv, self.bo) if v is not None]
+
     @classmethod
     def create(
-        cls, graph: Graph, name: str, d_in: int, heads: int, head_size: int | None = None, d_out: int | None = None
+        cls,
+        graph: Graph,
+        name: str,
+        d_in: int,
+        heads: int,
+        head_size: int | None = None,
+        d_out: int | None = None,
+        *,
+        biases: bool = False,
     ) -> AttentionParams:
-        """Glorot-uniform weights for ``heads`` heads of ``head_size`` (default ``d_in // heads``)."""
+        """Glorot-uniform weights for ``heads`` heads of ``head_size`` (default ``d_in // heads``); with
+        ``biases``, zero ``bq, bk, bv, bo`` too."""
         if head_size is None and d_in % heads:
             raise ValueError(f"d_in={d_in} is not divisible by heads={heads}: pass head_size explicitly")
         hs = head_size or d_in // heads
@@ -66,7 +127,18 @@ class AttentionParams:
             # fan_in of each projection is d_in; glorot over [heads*hs, d_in]
             lim = np.sqrt(6.0 / (d_in + heads * hs))
             mk = lambda n: graph.variable(n, graph.rng.uniform(-lim, lim, (heads, hs, d_in)))  # noqa: E731
-            return cls(mk("wq"), mk("wk"), mk("wv"), graph.variable("wo", shape=(heads * hs, d_out)))
+            ws = (mk("wq"), mk("wk"), mk("wv"), graph.variable("wo", shape=(heads * hs, d_out)))
+            if not biases:
+                return cls(*ws)
+            zb = lambda n: graph.variable(n, np.zeros((heads, hs)))  # noqa: E731
+            return cls(*ws, zb("bq"), zb("bk"), zb("bv"), graph.variable("bo", np.zeros(d_out)))
+
+
+def _with_bias_column(g: Graph, w: Var, b: Var | None, name: str) -> Var:
+    """``[heads, hs, d_in] -> [heads, hs, d_in + 1]``: the bias (or zeros) as the weight of one extra input
+    feature, so that a projection of ``[x, 1]`` is ``x @ w.T + b`` exactly (the fused op has no biases)."""
+    col = ops.expand_dims(b, -1) if b is not None else g.constant(None, np.zeros((w.shape[0], w.shape[1], 1)), w.dtype)
+    return ops.concat([w, col], 2, name=name)
 
 
 def _queries_to_keep(query_mask: Var, key_mask: Var) -> Var:
@@ -94,7 +166,9 @@ def multi_head_attention(
 
     Args:
         query: Masked ``[batch, Tq, d_in]``.
-        params: the projections (:class:`AttentionParams`, DL4J's layout).
+        params: the projections (:class:`AttentionParams`, DL4J's layout), with optional biases ``bq, bk, bv``
+            (fed to the fused op as one extra input feature, equal to the mask, whose weights are the biases:
+            exact) and ``bo`` (added to the output at valid queries).
         context: Masked ``[batch, Tk, d_in]`` keys/values (default ``query``); its mask masks the keys.
         scaled: divide scores by ``sqrt(head_size)``.
         return_weights: also return the attention weights ``[batch, heads, Tq, Tk]`` (inspection only:
@@ -110,9 +184,9 @@ def multi_head_attention(
     ``impl``: ``"fused"`` (DL4J's ``multiHeadDotProductAttention``; the table in this module's docstring maps
     its axes; its key mask is applied as ``(mask - 1) * 1e9`` before the softmax) or ``"batched"`` (one
     projection per Q/K/V, heads as a batch axis ``[batch, heads, time, head_size]``, batched matmuls, the
-    same additive key mask; it also honours optional biases ``bq, bk, bv, bo`` on ``params``, and its
-    weights output has a gradient). Both compute the same function (tests cross-check them); the default
-    (``None``) is :data:`DEFAULT_IMPL`, the faster one measured here.
+    same additive key mask, biases added after each projection; its weights output has a gradient). Both
+    compute the same function (tests cross-check them); the default (``None``) is :data:`DEFAULT_IMPL`, the
+    one measured faster for forward + backward.
     """
     query = require_masked(query, "multi_head_attention")
     context = query if context is None else require_masked(context, "multi_head_attention (context)")
@@ -125,26 +199,38 @@ def multi_head_attention(
     impl = DEFAULT_IMPL if impl is None else impl
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "fused" and any(_bias(params, b) is not None for b in ("bq", "bk", "bv", "bo")):
-        impl = "batched"  # DL4J's fused op has no biases
     if impl == "batched":
         return _batched_attention(query, params, context, scaled, return_weights, name)
     g = query.graph
     heads = params.heads
     base = g.unique_name("attention", name)
     with g.scope(base.split("/")[-1]):
-        q = ops.transpose(query.zeroed(), (0, 2, 1), name="q_cf")  # channels-first for DL4J
-        kv = q if context is query else ops.transpose(context.zeroed(), (0, 2, 1), name="kv_cf")
         key_mask = context.mask
-        parents = (q, kv, params.wq, params.wk, params.wv, params.wo, key_mask)
+        wq, wk, wv = params.wq, params.wk, params.wv
+        if params.has_input_biases:
+            # DL4J's fused op has no biases: append one feature that is 1 at valid positions (the mask itself, so
+            # padded positions stay exactly 0) and put each bias in as that feature's weight column. Exact: the
+            # extra product is b * 1.0 (and 0 at padding: a padded key is removed by the key mask anyway).
+            def augment(v: Masked, n: str) -> Var:
+                feat = ops.expand_dims(v.mask, 1)  # [batch, 1, T]
+                return ops.concat([ops.transpose(v.zeroed(), (0, 2, 1)), feat], 1, name=n)
+
+            q = augment(query, "q_cf")
+            kv = q if context is query else augment(context, "kv_cf")
+            wq = _with_bias_column(g, params.wq, params.bq, "wq_b")
+            wk = _with_bias_column(g, params.wk, params.bk, "wk_b")
+            wv = _with_bias_column(g, params.wv, params.bv, "wv_b")
+        else:
+            q = ops.transpose(query.zeroed(), (0, 2, 1), name="q_cf")  # channels-first for DL4J
+            kv = q if context is query else ops.transpose(context.zeroed(), (0, 2, 1), name="kv_cf")
+        parents = (q, kv, wq, wk, wv, params.wo, key_mask)
         d_out = params.wo.shape[1]
         b_, tq, tk = query.value.shape[0], query.value.shape[1], context.value.shape[1]
 
         def build(weights: bool) -> Callable[[str], Any]:
             def f(n: str) -> Any:
                 outs = _jvm.bridge().attention(
-                    g.sd, n, q.j, kv.j, kv.j, params.wq.j, params.wk.j, params.wv.j, params.wo.j,
-                    key_mask.j, bool(scaled), weights,
+                    g.sd, n, q.j, kv.j, kv.j, wq.j, wk.j, wv.j, params.wo.j, key_mask.j, bool(scaled), weights,
                 )  # fmt: skip
                 return outs[1] if weights else outs[0]
 
@@ -152,6 +238,8 @@ def multi_head_attention(
 
         raw = g.op("dl4j_mha", None, build(False), (b_, d_out, tq), query.dtype, parents)
         out_tq = ops.transpose(raw, (0, 2, 1), name="out_raw")
+        if params.bo is not None:
+            out_tq = ops.add(out_tq, params.bo, name="out_bias")
         # zero padded queries, and queries that have no valid key at all (DL4J would average all keys)
         keep_q = _queries_to_keep(query.mask, key_mask)  # [batch, Tq]
         out = select_valid(out_tq, keep_q)
@@ -165,14 +253,9 @@ def multi_head_attention(
         return result, weights
 
 
-def _bias(params: AttentionParams, which: str) -> Var | None:
-    """An optional bias of ``params`` (``bq``, ``bk``, ``bv``, ``bo``); None when absent or not a field."""
-    return getattr(params, which, None)
-
-
 def _project_heads(x: Var, w: Var, b: Var | None, heads: int, hs: int) -> Var:
     """``[B, T, d] -> [B, heads, T, hs]`` with ``w [heads, hs, d]`` (DL4J's layout) as ONE ``[d, heads*hs]``
-    projection (plus the optional bias ``[heads*hs]`` or ``[heads, hs]``)."""
+    projection (plus the optional bias ``[heads, hs]``)."""
     d = int(w.shape[2])
     y = ops.matmul(x, ops.transpose(ops.reshape(w, [heads * hs, d])))  # [B, T, heads*hs]
     if b is not None:
@@ -189,11 +272,11 @@ def _batched_attention(
     with g.scope(g.unique_name("attention", name).split("/")[-1]):
         kv = context.zeroed()  # padded keys and values selected to exactly 0 first
         xq = kv if context is query else query.zeroed()
-        q = _project_heads(xq, params.wq, _bias(params, "bq"), heads, hs)
+        q = _project_heads(xq, params.wq, params.bq, heads, hs)
         if scaled:
             q = ops.multiply(q, 1.0 / float(np.sqrt(hs)))
-        k = _project_heads(kv, params.wk, _bias(params, "bk"), heads, hs)
-        v = _project_heads(kv, params.wv, _bias(params, "bv"), heads, hs)
+        k = _project_heads(kv, params.wk, params.bk, heads, hs)
+        v = _project_heads(kv, params.wv, params.bv, heads, hs)
         scores = ops.batch_matmul(q, k, transpose_b=True)  # [B, H, Tq, Tk]
         # DL4J's key mask: (mask - 1) * 1e9 added before the softmax (padded keys get exactly 0 weight)
         offset = ops.multiply(ops.subtract(context.mask, 1.0), BIG)  # [B, Tk]
@@ -201,9 +284,8 @@ def _batched_attention(
         w = ops.softmax(scores, -1, name="softmax")
         ctx = ops.transpose(ops.batch_matmul(w, v), (0, 2, 1, 3))  # [B, Tq, H, hs]
         out = ops.matmul(ops.reshape_tail(ctx, 2, (heads * hs,)), params.wo)  # heads concatenated head-major
-        bo = _bias(params, "bo")
-        if bo is not None:
-            out = ops.add(out, bo)
+        if params.bo is not None:
+            out = ops.add(out, params.bo)
         keep_q = _queries_to_keep(query.mask, context.mask)  # [B, Tq]
         result = Masked.derived(select_valid(out, keep_q), query.mask)
         if not return_weights:
@@ -223,12 +305,13 @@ def unfused_attention_core(
     """
     heads, hs = p.heads, int(p.wq.shape[1])
 
-    def project(x: Var, w: Var, h: int) -> Var:  # [B, T, F] @ w[h].T -> [B, T, hs]
-        return ops.matmul(x, ops.transpose(w[h]))
+    def project(x: Var, w: Var, h: int, b: Var | None = None) -> Var:  # [B, T, F] @ w[h].T (+ b[h]) -> [B, T, hs]
+        y = ops.matmul(x, ops.transpose(w[h]))
+        return y if b is None else ops.add(y, b[h])
 
     per_head = []
     for h in range(heads):
-        s = ops.batch_matmul(project(kv, p.wk, h), project(q, p.wq, h), transpose_b=True)  # [B, Tk, Tq]
+        s = ops.batch_matmul(project(kv, p.wk, h, p.bk), project(q, p.wq, h, p.bq), transpose_b=True)  # [B, Tk, Tq]
         per_head.append(s)
     scores = ops.stack(per_head, 1)  # [B, H, Tk, Tq]
     if scaled:
@@ -237,8 +320,9 @@ def unfused_attention_core(
         km = ops.expand_dims(ops.expand_dims(key_mask, 1), -1)  # [B, 1, Tk, 1]
         scores = ops.add(scores, ops.multiply(ops.subtract(km, 1.0), BIG))
     weights = ops.softmax(scores, softmax_axis)
-    ctx = [ops.batch_matmul(weights[:, h], project(kv, p.wv, h), transpose_a=True) for h in range(heads)]
-    return ops.matmul(ops.concat(ctx, -1), p.wo), weights  # heads concatenated head-major, as DL4J does
+    ctx = [ops.batch_matmul(weights[:, h], project(kv, p.wv, h, p.bv), transpose_a=True) for h in range(heads)]
+    out = ops.matmul(ops.concat(ctx, -1), p.wo)  # heads concatenated head-major, as DL4J does
+    return (out if p.bo is None else ops.add(out, p.bo)), weights
 
 
 def multi_head_attention_unfused(query: Masked, params: AttentionParams, context: Masked | None = None) -> Masked:

@@ -88,6 +88,12 @@ def _prepare(logits: Logits, labels: Var | None, ignore_label: int | None, what:
     return _prepare(counted_rows(logits, labels, ignore), labels, ignore, what)
 
 
+def _declare_weight(out: Var, count: Var) -> None:
+    """Record that ``out`` is a mean over ``count`` positions: batches are then combined by count (an epoch's
+    loss, evaluate) instead of by rows, which over-weights short batches."""
+    out.graph.meta.setdefault("mean_over", {})[out.name] = count.name
+
+
 def _declare_label_range(out: Var, f: _Flat) -> Var:
     """A label outside [0, classes) at a counted position has no logit: refuse it at feed time rather than
     count it with a made-up value. Declared for ``out``: enforced whenever it is computed (with this op's own
@@ -104,11 +110,11 @@ def _declare_label_range(out: Var, f: _Flat) -> Var:
     return out
 
 
-def _mean_over_counted(per_position: Var, counted: Var, name: str) -> Var:
-    """``sum(per_position where counted) / max(#counted, 1)``: a SELECT, so whatever the uncounted positions
-    hold never reaches the value (and their gradient is exactly 0)."""
+def _sum_over_counted(per_position: Var, counted: Var) -> tuple[Var, Var]:
+    """(``sum(per_position where counted)``, ``#counted`` named ``count``): a SELECT, so whatever the uncounted
+    positions hold never reaches the value (and their gradient is exactly 0)."""
     kept = ops.where(ops.greater(counted, 0.5), per_position, ops.zeros_like(per_position), same_shape=True)
-    return ops.divide(ops.sum(kept), at_least_one(ops.sum(counted)), name=name)
+    return ops.sum(kept), ops.sum(counted, name="count")
 
 
 def softmax_cross_entropy(
@@ -158,7 +164,10 @@ def softmax_cross_entropy(
     out_name = name or g.unique_name("xent_loss").split("/")[-1]
     with g.scope(g.unique_name("xent", name).split("/")[-1]):
         nll = ops.sparse_softmax_cross_entropy(f.z, f.labels)  # per position, no one-hot
-    return _declare_label_range(_mean_over_counted(nll, f.counted, out_name), f)
+        total, count = _sum_over_counted(nll, f.counted)
+    loss = ops.divide(total, at_least_one(count), name=out_name)
+    _declare_weight(loss, count)
+    return _declare_label_range(loss, f)
 
 
 def accuracy(
@@ -193,5 +202,7 @@ def top_k_accuracy(
             ops.multiply(ops.cast(ops.equal(f.z, label_logit), dt), ops.cast(ops.less(classes, label_f), dt)),
         )
         hit = ops.cast(ops.less(ops.sum(before, -1), float(k) - 0.5), dt)
-    out = _mean_over_counted(hit, f.counted, name or g.unique_name(f"top{k}_accuracy").split("/")[-1])
+        total, count = _sum_over_counted(hit, f.counted)
+    out = ops.divide(total, at_least_one(count), name=name or g.unique_name(f"top{k}_accuracy").split("/")[-1])
+    _declare_weight(out, count)
     return _declare_label_range(out, f)

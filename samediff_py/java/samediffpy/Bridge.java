@@ -35,8 +35,8 @@ public final class Bridge {
     static {
         Nd4j.getBackend();  // NativeOpsHolder needs the backend's properties loaded first
         FixedOps.register();  // before any gradient function exists: see FixedOps
-        long cacheMB = Long.getLong("samediffpy.arrayCacheMB", -1L);
-        if (cacheMB >= 0) SessionMemory.install(cacheMB << 20);  // -1: M2.1's own (25 % of maxBytes)
+        long cacheMB = Long.getLong("samediffpy.arrayCacheMB", -1L);  // -1: M2.1's own (25 % of maxBytes)
+        if (cacheMB >= 0) SessionMemory.install(cacheMB << 20, Long.getLong("samediffpy.bigArrayBytes", 0L));
     }
 
     // ---------------------------------------------------------------- arrays
@@ -128,11 +128,6 @@ public final class Bridge {
         return sd.reshape(name, x, shape);
     }
 
-    /** {@code x} reshaped to {@code like}'s run-time shape (same element count). */
-    public static SDVariable reshapeLike(SameDiff sd, String name, SDVariable x, SDVariable like) {
-        return sd.reshape(name, x, sd.shape(like));
-    }
-
     /** {@code x} reshaped to {@code shape(x)[:keep] ++ tail}: the leading dims read at run time. */
     public static SDVariable reshapeTail(SameDiff sd, String name, SDVariable x, int keep, long[] tail) {
         SDVariable shape = sd.shape(name + "/shape", x);
@@ -181,6 +176,27 @@ public final class Bridge {
                                           new long[]{rank - 1}, new long[]{1});
         SDVariable tail = sd.constant(name + "/tail", Nd4j.createFromArray(new long[]{e}).castTo(lead.dataType()));
         return sd.reshape(name, y, sd.concat(name + "/outshape", 0, lead, tail));
+    }
+
+    /** {@link #matmulLast} with {@code w} used transposed ({@code [e, d]}: {@code x @ w.T}) without copying it. */
+    public static SDVariable matmulLastT(SameDiff sd, String name, SDVariable x, SDVariable w, int rank, long d,
+                                         long e) {
+        SDVariable flat = sd.reshape(name + "/flat", x, -1, d);
+        SDVariable y = sd.mmul(name + "/mmul", flat, w, false, true, false);
+        SDVariable lead = sd.stridedSlice(name + "/lead", sd.shape(name + "/shape", x), new long[]{0},
+                                          new long[]{rank - 1}, new long[]{1});
+        SDVariable tail = sd.constant(name + "/tail", Nd4j.createFromArray(new long[]{e}).castTo(lead.dataType()));
+        return sd.reshape(name, y, sd.concat(name + "/outshape", 0, lead, tail));
+    }
+
+    /** {@code x @ w.T} for rank-2 operands, without copying {@code w}. */
+    public static SDVariable matmulT(SameDiff sd, String name, SDVariable x, SDVariable w) {
+        return sd.mmul(name, x, w, false, true, false);
+    }
+
+    /** {@code x} reshaped to {@code like}'s run-time shape (same element count; dims unknown when building). */
+    public static SDVariable reshapeLike(SameDiff sd, String name, SDVariable x, SDVariable like) {
+        return sd.reshape(name, x, sd.shape(name + "/shape", like));
     }
 
     public static SDVariable gather(SameDiff sd, String name, SDVariable table, SDVariable ids, int axis) {

@@ -14,24 +14,30 @@ import org.nd4j.linalg.factory.Nd4j;
  * How SameDiff sessions hold their intermediate arrays, JVM-wide.
  *
  * <p>M2.1's InferenceSession keeps released arrays in an {@link ArrayCacheMemoryMgr} of up to 25 % of javacpp's
- * maxBytes (SAMEDIFF_PY_OFFHEAP: 2.75 GB on a 23 GB machine) for reuse by exact shape. Shapes that change from
- * batch to batch (counted rows, bucketed lengths) rarely hit, so the cache fills with arrays nobody reuses and
- * the process's resident memory grows by that much. {@link #install(long)} binds an inference factory whose
- * sessions cache at most {@code cacheBytes} ({@code 0}: every released array is closed at once).
+ * maxBytes (SAMEDIFF_PY_OFFHEAP: 2.75 GB on a 23 GB machine) for reuse by exact shape. Big arrays whose shapes
+ * change from batch to batch (counted rows, bucketed lengths) rarely hit, and glibc keeps their memory once
+ * freed: resident memory grew to ~2.2 GB for a BERT-vocabulary step that needs ~1.2 GB. {@link #install}
+ * binds an inference factory whose sessions reuse SMALL arrays through a bounded cache (fresh allocations cost
+ * Java objects and time) and free BIG ones at once (samediff_py also sets glibc's mmap threshold to the same
+ * size, so their memory goes back to the system).
  */
 public final class SessionMemory {
     private SessionMemory() {}
 
     private static long installed = -1;
 
-    /** Sessions created from now on cache at most {@code cacheBytes} of released arrays (0 = none). */
-    public static synchronized void install(long cacheBytes) {
+    /**
+     * Sessions created from now on reuse arrays smaller than {@code bigBytes} through a cache of at most
+     * {@code cacheBytes}, and close arrays of {@code bigBytes} or more as soon as they are released
+     * ({@code bigBytes <= 0}: every array goes through the cache; {@code cacheBytes <= 0}: none is cached).
+     */
+    public static synchronized void install(long cacheBytes, long bigBytes) {
         installed = cacheBytes;
         SameDiff.bindInferenceFactory(new SameDiff.DefaultInferenceFactory() {
             @Override
             public InferenceSession create(SameDiff sd) {
                 InferenceSession s = new InferenceSession(sd);
-                s.setMmgr(manager(cacheBytes));
+                s.setMmgr(manager(cacheBytes, bigBytes));
                 return s;
             }
         });
@@ -66,11 +72,55 @@ public final class SessionMemory {
         return total;
     }
 
-    static SessionMemMgr manager(long cacheBytes) {
+    static SessionMemMgr manager(long cacheBytes, long bigBytes) {
         if (cacheBytes <= 0) return new Releasing();
         long max = org.bytedeco.javacpp.Pointer.maxBytes();
         double frac = Math.min(0.99, Math.max(1e-12, (double) cacheBytes / Math.max(max, 1)));
-        return new ArrayCacheMemoryMgr(frac, 1024, 2.0);
+        ArrayCacheMemoryMgr cache = new ArrayCacheMemoryMgr(frac, 1024, 2.0);
+        return bigBytes > 0 ? new Hybrid(cache, bigBytes) : cache;
+    }
+
+    /** Arrays of {@code big} bytes or more: fresh, closed on release; smaller ones: through the cache. */
+    public static final class Hybrid extends AbstractMemoryMgr {
+        private final ArrayCacheMemoryMgr cache;
+        private final long big;
+        private final Releasing fresh = new Releasing();
+
+        Hybrid(ArrayCacheMemoryMgr cache, long big) {
+            this.cache = cache;
+            this.big = big;
+        }
+
+        private boolean isBig(DataType dt, long[] shape) {
+            long n = dt.width();
+            for (long d : shape) n *= d;
+            return n >= big;
+        }
+
+        @Override
+        public INDArray allocate(boolean detached, DataType dataType, long... shape) {
+            return isBig(dataType, shape) ? fresh.allocate(detached, dataType, shape) : cache.allocate(detached, dataType, shape);
+        }
+
+        @Override
+        public INDArray allocate(boolean detached, LongShapeDescriptor d) {
+            return !d.isEmpty() && isBig(d.dataType(), d.getShape()) ? fresh.allocate(detached, d) : cache.allocate(detached, d);
+        }
+
+        @Override
+        public void release(INDArray array) {
+            if (array != null && !array.isEmpty() && array.data() != null
+                    && array.data().length() * array.dataType().width() >= big) {
+                fresh.release(array);
+            } else {
+                cache.release(array);
+            }
+        }
+
+        @Override
+        public void close() {
+            cache.close();
+        }
     }
 
     /** Allocates fresh arrays and closes each released one at once (no reuse cache). */
