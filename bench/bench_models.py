@@ -3,13 +3,16 @@ vs the same architecture in PyTorch (CPU, same thread count), and how each scale
 
 The model is the padding scenario's MLM (``examples/mlm_padding.py``): :class:`samediff_py.models.Encoder`
 (token + position embeddings, post-norm blocks of fused multi-head attention and a ReLU feed-forward, a
-vocabulary projection) with ``masked.softmax_cross_entropy`` over 15 % MASK positions, Adam. Default size:
+vocabulary projection) trained through ``Encoder.mlm`` (projection and ``masked.softmax_cross_entropy`` on the
+counted rows only: 15 % MASK positions), Adam. Default size:
 vocab 1000, width 128, 4 heads, d_ff 512, 1 block, batch 32, time 128 (fully packed: mask all ones).
 
 - samediff_py: ``Trainer.step(feeds)`` and ``Graph.run(feeds, logits)`` (feeds checked, logits copied out);
 - Java (bench/java/ModelLoop.java, a fresh JVM): ``sd.fit(MultiDataSet)`` and ``sd.output(map, logits)`` on
   the file ``train.save`` wrote, over the same batches written as .npy;
-- PyTorch (bench/torch_model.py, run by the benchmark venv's Python): ``nn.MultiheadAttention`` etc.
+- PyTorch (bench/torch_model.py, run by ``SAMEDIFF_PY_TORCH_PYTHON`` or the benchmark venv's Python):
+  ``nn.MultiheadAttention`` etc., with the loss over the full logits and, as a second twin, over the counted
+  rows gathered before the vocabulary projection (what samediff_py's ``Encoder.mlm`` does).
 
 Each figure is the median step time after warm-up. ``python bench/bench_models.py [--quick] [--json F]``
 """
@@ -37,7 +40,20 @@ from samediff_py.models import Encoder, EncoderConfig  # noqa: E402
 
 PAD, MASK, IGNORE = 0, 1, -1
 BASE = {"batch": 32, "time": 128, "width": 128, "heads": 4, "vocab": 1000, "d_ff": 512, "layers": 1}
-TORCH_PYTHON = ROOT / "build" / "bench-venv" / "bin" / "python"
+BENCH_VENV_PYTHON = ROOT / "build" / "bench-venv" / "bin" / "python"
+
+
+def torch_python() -> Path | None:
+    """The Python that runs the PyTorch twins: ``SAMEDIFF_PY_TORCH_PYTHON`` if set, else build/bench-venv's;
+    None if neither imports torch."""
+    env = os.environ.get("SAMEDIFF_PY_TORCH_PYTHON")
+    for p in ([Path(env)] if env else []) + [BENCH_VENV_PYTHON]:
+        if (
+            p.exists()
+            and subprocess.run([str(p), "-c", "import torch"], capture_output=True, timeout=300).returncode == 0
+        ):
+            return p
+    return None
 
 
 def build(cfg: dict, seed: int = 0):
@@ -175,10 +191,7 @@ def java_steps(saved: dict, warm: int, repeat: int, n_batches: int = 4) -> dict:
 
 
 def torch_available() -> bool:
-    if not TORCH_PYTHON.exists():
-        return False
-    res = subprocess.run([str(TORCH_PYTHON), "-c", "import torch"], capture_output=True, timeout=300)
-    return res.returncode == 0
+    return torch_python() is not None
 
 
 def torch_steps(cfgs: list[dict], warm: int, repeat: int, threads: int) -> list[dict]:
@@ -186,7 +199,7 @@ def torch_steps(cfgs: list[dict], warm: int, repeat: int, threads: int) -> list[
     arg = json.dumps({"configs": cfgs, "warm": warm, "repeat": repeat, "threads": threads})
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     res = subprocess.run(
-        [str(TORCH_PYTHON), str(ROOT / "bench/torch_model.py"), arg], capture_output=True, text=True, env=env
+        [str(torch_python()), str(ROOT / "bench/torch_model.py"), arg], capture_output=True, text=True, env=env
     )
     if res.returncode != 0:
         raise RuntimeError(f"torch_model.py failed:\n{res.stderr[-3000:]}")
@@ -220,13 +233,17 @@ def main(quick: bool = False, java: bool = True, torch: bool = True, cfg: dict |
                 for k, v in java_steps(sd, 1 if rnd else warm, repeat).items():
                     per.setdefault("java", {}).setdefault(k, []).append(v)
             if do_torch:
-                for k, v in torch_steps([cfg], warm, repeat, threads())[0].items():
-                    per.setdefault("pytorch", {}).setdefault(k, []).append(v)
+                full, counted = torch_steps([cfg, dict(cfg, head="counted")], warm, repeat, threads())
+                for who, r in (("pytorch", full), ("pytorch_counted", counted)):
+                    for k, v in r.items():
+                        per.setdefault(who, {}).setdefault(k, []).append(v)
     for who, ms in per.items():
         res[who] = {k: (statistics.median(v) if k.endswith("_ms") else v[0]) for k, v in ms.items()}
+        res[who]["train_ms_rounds"] = list(ms["train_ms"])
+        res[who]["infer_ms_rounds"] = list(ms["infer_ms"])
     res["rounds"] = rounds
     tokens = cfg["batch"] * cfg["time"]
-    for r in (res.get(k) for k in ("samediff_py", "java", "pytorch")):
+    for r in (res.get(k) for k in ("samediff_py", "java", "pytorch", "pytorch_counted")):
         if r:
             r["train_tok_s"] = tokens / r["train_ms"] * 1e3
             r["infer_tok_s"] = tokens / r["infer_ms"] * 1e3

@@ -44,11 +44,9 @@ QUICK = {"batch": 4, "time": 16, "width": 32, "heads": 4, "vocab": 500, "d_ff": 
 
 
 def torch_python() -> Path | None:
-    env = os.environ.get("SAMEDIFF_PY_TORCH_PYTHON")
-    for p in ([Path(env)] if env else []) + [ROOT / "build" / "bench-venv" / "bin" / "python"]:
-        if p.exists() and subprocess.run([str(p), "-c", "import torch"], capture_output=True).returncode == 0:
-            return p
-    return None
+    import bench_models
+
+    return bench_models.torch_python()
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -175,7 +173,7 @@ def sd_worker(cfg: dict, warm: int, repeat: int) -> dict:
 # ------------------------------------------------------------------------------------------- driver
 def run_one(kind: str, cfg: dict, warm: int, repeat: int, torch_py: Path | None) -> dict:
     """One variant in a fresh process; its result dict (or {"error": ...})."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **cfg.get("env", {})}
     if kind == "sd":
         args = [sys.executable, str(ROOT / "bench/bench_vocab.py"), "--worker", json.dumps([cfg, warm, repeat])]
     else:
@@ -218,6 +216,10 @@ def bert(n_rounds: int, quick: bool, log=print) -> dict:
     warm, repeat = (1, 2) if quick else (2, 4)
     cases = {
         "samediff_py (counted rows)": ("sd", dict(cfg, head="counted")),
+        "samediff_py (counted rows, SAMEDIFF_PY_ARRAY_CACHE=32)": (
+            "sd",
+            dict(cfg, head="counted", env={"SAMEDIFF_PY_ARRAY_CACHE": "32"}),
+        ),
         "samediff_py (full logits)": ("sd", dict(cfg, head="full")),
         "PyTorch (full logits)": ("torch", dict(cfg, head="full")),
         "PyTorch (counted rows)": ("torch", dict(cfg, head="counted")),
@@ -242,7 +244,7 @@ def loss_formulations(n_rounds: int, quick: bool, log=print) -> dict:
 
 
 def vocab_sweep(n_rounds: int, quick: bool, log=print) -> dict:
-    vocabs = (500, 2000) if quick else (1000, 8000, 30522)
+    vocabs = (500,) if quick else (1000, 8000, 30522)
     base = QUICK if quick else BASE
     warm, repeat = (1, 2) if quick else (2, 4)
     rows = []

@@ -30,7 +30,9 @@ def test_bench_quick_writes_every_section(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     text = out.read_text()
-    for section in ("MLM encoder", "Threads", "Backends", "Start-up", "Padding waste", "Scaling", "transfer"):
+    sections = ("MLM encoder", "Threads", "Backends", "Start-up", "Padding waste", "Scaling", "transfer")
+    sections += ("BERT vocabulary", "Cross-entropy formulations", "Vocabulary sweep", "Attention formulations")
+    for section in sections:
         assert f"## {section}" in text or section in text, section
     assert "same graph from plain Java" in text
     if not (ROOT / "build" / "bench-venv" / "bin" / "python").exists():
