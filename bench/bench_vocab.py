@@ -216,9 +216,13 @@ def bert(n_rounds: int, quick: bool, log=print) -> dict:
     warm, repeat = (1, 2) if quick else (2, 4)
     cases = {
         "samediff_py (counted rows)": ("sd", dict(cfg, head="counted")),
-        "samediff_py (counted rows, SAMEDIFF_PY_ARRAY_CACHE=32)": (
+        "samediff_py (counted rows, low-memory mode)": (
             "sd",
-            dict(cfg, head="counted", env={"SAMEDIFF_PY_ARRAY_CACHE": "32"}),
+            dict(cfg, head="counted", env={"SAMEDIFF_PY_ARRAY_CACHE": "32", "SAMEDIFF_PY_BIG_ARRAY": "1048576"}),
+        ),
+        "samediff_py (counted rows, M2.1's cache)": (
+            "sd",
+            dict(cfg, head="counted", env={"SAMEDIFF_PY_ARRAY_CACHE": "-1"}),
         ),
         "samediff_py (full logits)": ("sd", dict(cfg, head="full")),
         "PyTorch (full logits)": ("torch", dict(cfg, head="full")),

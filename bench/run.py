@@ -248,6 +248,7 @@ def plot(R: dict, path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     if "scaling" not in R or "rows" not in R["scaling"]:
@@ -264,6 +265,7 @@ def plot(R: dict, path: Path) -> bool:
                     ax.plot(ts, ys, style, label=f"{who} b={b}")
         ax.set(xscale="log", yscale="log", xlabel="time (sequence length)", title=key)
         ax.set_xticks(ts, [str(t) for t in ts])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -381,9 +383,11 @@ def _backends_report(R: dict) -> list[str]:
             rows.append([cls, "failed: " + r["error"], "", ""])
         else:
             rows.append([cls, f(r["train_ms"]), f(r["infer_ms"]), f(ref / r["train_ms"], 2) if ref else ""])
+    note = R.get("backends_note")
     return [
         "## Backends (nd4j native classifier, training step, 1 thread)",
         "",
+        *([note, ""] if note else []),
         table(["classifier", "train ms/step", "infer ms/step", "speed-up vs linux-x86_64 (train)"], rows),
         "",
     ]

@@ -10,14 +10,15 @@ Options come from the environment:
 - ``SAMEDIFF_PY_HEAP``: maximum heap, e.g. ``4g`` (default ``4g``); nd4j keeps arrays off-heap, so
   ``SAMEDIFF_PY_OFFHEAP`` (default: half the RAM, at most ``16g``) bounds that (javacpp's ``maxbytes``).
 - ``SAMEDIFF_PY_JVM_OPTS``: further options, split on whitespace.
-- ``SAMEDIFF_PY_ARRAY_CACHE``: how SameDiff sessions keep released intermediate arrays. ``-1`` (default):
-  M2.1's own cache, every array kept for reuse by shape up to a quarter of the off-heap limit. ``N >= 0``: a
-  low-memory mode: arrays of ``SAMEDIFF_PY_BIG_ARRAY`` bytes or more (default ``1048576``) are freed as soon
-  as their last consumer ran, smaller ones go through a cache of ``N`` MB, and the C allocator (glibc) maps
-  each big allocation separately and unmaps it when freed (``mallopt(M_MMAP_THRESHOLD)``, set once before
-  the JVM starts, for the whole process; with glibc's own growing threshold freed nd4j arrays stay in its
-  heap). Measured at a BERT vocabulary (bench/FINDINGS.md): ``32`` keeps ~0.6x the resident memory of the
-  default at ~1.4x the step time (fresh pages for every big array).
+- ``SAMEDIFF_PY_ARRAY_CACHE``: megabytes of released intermediate arrays each SameDiff session keeps for
+  reuse by shape (default ``256``; ``0``: none; ``-1``: M2.1's own cache, up to a quarter of the off-heap
+  limit PER SESSION: a few graphs' caches filled the machine and ended in OutOfMemoryError).
+- ``SAMEDIFF_PY_BIG_ARRAY``: a low-memory mode (default ``0``, off). With ``N`` bytes, arrays of at least ``N``
+  are freed as soon as their last consumer ran (never cached), and the C allocator (glibc) maps each such
+  allocation separately and unmaps it when freed (``mallopt(M_MMAP_THRESHOLD)``, set once before the JVM
+  starts, for the whole process; with glibc's own growing threshold freed nd4j arrays stay in its heap).
+  Measured at a BERT vocabulary with ``N = 1048576`` and a 32 MB cache: ~0.6x the resident memory at ~1.5x
+  the step time (fresh pages for every big array; bench/FINDINGS.md).
 - ``SAMEDIFF_PY_THREADS``: OpenMP threads for nd4j's native ops (default: ``OMP_NUM_THREADS`` if set, else 1).
   One thread is the default because the graphs this library targets are many small ops: with 2 threads,
   libnd4j's OpenMP barriers made an MLM training step 3-10x slower whenever the other core was busy
@@ -194,8 +195,8 @@ def _jnius() -> Any:
         os.environ["OMP_NUM_THREADS"] = threads
         heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
         offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP") or default_offheap()
-        cache_mb = int(os.environ.get("SAMEDIFF_PY_ARRAY_CACHE", "-1"))
-        big = int(os.environ.get("SAMEDIFF_PY_BIG_ARRAY", str(1 << 20))) if cache_mb >= 0 else 0
+        cache_mb = int(os.environ.get("SAMEDIFF_PY_ARRAY_CACHE", "256"))
+        big = int(os.environ.get("SAMEDIFF_PY_BIG_ARRAY", "0")) if cache_mb >= 0 else 0
         _set_mmap_threshold(big)
         jnius_config.add_options(
             # -Xrs: the JVM installs no SIGINT/SIGTERM/SIGHUP handlers, so Python's stay in charge: Ctrl-C

@@ -73,7 +73,7 @@ public final class SessionMemory {
     }
 
     static SessionMemMgr manager(long cacheBytes, long bigBytes) {
-        if (cacheBytes <= 0) return new Releasing();
+        if (cacheBytes <= 0) return new Releasing();  // big arrays are released anyway; small ones too
         long max = org.bytedeco.javacpp.Pointer.maxBytes();
         double frac = Math.min(0.99, Math.max(1e-12, (double) cacheBytes / Math.max(max, 1)));
         ArrayCacheMemoryMgr cache = new ArrayCacheMemoryMgr(frac, 1024, 2.0);
