@@ -12,6 +12,7 @@ Backends: each nd4j classifier is fetched into build/jars-<classifier>/ (gradle 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -176,6 +177,10 @@ def run_all(quick: bool) -> dict:
     R["padding"] = py_main("bench_padding", quick)
     log("scaling")
     R["scaling"] = sub(["bench/bench_models.py", "--what", "scaling", *q])
+    if importlib.util.find_spec("ray") is not None:  # the [distributed] extra
+        log("data-parallel training on Ray")
+        R["distributed"] = sub(["bench/bench_distributed.py", *q])
+        R["launcher"] = sub(["bench/bench_launcher.py", *q])
     R["machine"]["load_end"] = os.getloadavg()
     R["seconds"] = time.perf_counter() - t0
     return R
@@ -383,6 +388,11 @@ def report(R: dict) -> str:
     ]
     if R.get("plot"):
         L += ["![scaling](scaling.png)", ""]
+
+    if R.get("distributed"):
+        import bench_distributed
+
+        L += [bench_distributed.report(R["distributed"], R.get("launcher")), ""]
 
     t = R["transfer"]
     rows = [

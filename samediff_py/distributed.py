@@ -15,20 +15,20 @@ the weights are allreduced first, each shard's gradient is scaled by ``w_i / W``
 summed. A shard with no counted position (or no rows) contributes nothing; when no shard counts anything the
 gradient is zero and the step is still applied, exactly as one process does on such a batch (:func:`combine`).
 
-Launcher: plain Ray actors, chosen by measurement (bench/bench_launcher.py, 2 workers, 2 cores; see
-bench/RESULTS.md). Ray Train's ``DataParallelTrainer`` / ``TorchTrainer`` start later and add dependencies:
+Launcher: plain Ray actors, chosen by measurement (bench/bench_launcher.py: 2 workers of 1 CPU on a local
+cluster, 2 shared cores under load, medians of 3 interleaved rounds; bench/RESULTS.md):
 
 ==============================  =====================  ======================  ========================
-(medians, 3 rounds)             plain actors           DataParallelTrainer     TorchTrainer
+seconds until both workers run  plain actors           DataParallelTrainer     TorchTrainer
 ==============================  =====================  ======================  ========================
-start-up, no JVM                0.3 s                  6.5 s                   20 s (torch import)
-start-up, JVM + small graph     3.6 s                  9.5 s                   21 s
+no JVM                          1.4                    12.6                    21.9 (torch import)
+JVM + small graph + Trainer     8.7                    21.4                    28.1
 driver round trip per step      1.0-1.3 ms             none (loop in workers)  none
 extra dependencies              ray                    + pyarrow, pandas,      + torch (5.9 GB)
                                                        fsspec, tensorboardX
                                                        (~260 MB)
-restart after a worker death    ours: kill, recreate,  whole group restarted,  same
-                                load the checkpoint    checkpoint copied
+after a worker death            ours: kill, recreate,  whole group restarted,  same
+                                load the checkpoint    checkpoints copied
                                                        through storage_path
 ==============================  =====================  ======================  ========================
 
@@ -41,8 +41,10 @@ Transports (``transport=``): ``"gloo"``: ``torch.distributed``'s gloo ring allre
 ``ray.util.collective``'s CPU backend wraps; used directly here for its timeout and rendezvous through rank 0),
 available when torch is installed in the workers; ``"object_store"``: every worker puts its scaled gradient
 into Ray's object store and sums everybody's in rank order (no extra dependency). ``"auto"`` takes gloo when
-every worker can import torch. With 2 workers both give bit-identical sums. Measured on 2 cores, loopback:
-see bench/RESULTS.md ("Data-parallel training").
+every worker can import torch. With 2 workers both give bit-identical sums. Measured between 2 actors on 2
+loaded cores (bench/bench_distributed.py): an allreduce of 8 bytes / 4 / 16 / 40 MiB took 0.35 / 4.8 / 15 / 42 ms
+with gloo and 3.3 / 11 / 24 / 47 ms through the object store; across machines the object store moves
+``(N - 1) x`` the gradient into every worker where gloo's ring moves ``2 (N - 1) / N x``.
 
 Every ``verify_every`` steps each worker hashes all its parameters and the driver compares the hashes: a
 mismatch raises :class:`ReplicaMismatchError` naming the workers that differ from the majority. Dropout draws
@@ -300,6 +302,31 @@ def _node_share() -> dict[str, str]:
 
 class _CollectiveError(RuntimeError):
     """A collective operation failed in a worker (a peer died or hung): the driver restarts the workers."""
+
+
+def _lost_types(ray: Any) -> tuple[type, ...]:
+    """Ray errors that mean a worker (or what it held) is gone: grounds for a restart, not the user's fault."""
+    ex = ray.exceptions
+    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OutOfMemoryError")
+    return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
+
+
+def _explain(ray: Any, e: BaseException) -> BaseException:
+    """A worker error as the driver raises it; Ray's unpickling failures get the usual cause spelled out."""
+    if isinstance(e, ray.exceptions.RaySystemError):
+        err = RuntimeError(
+            f"a worker could not run the task: {_first_line(e)}. build (and shards) must be picklable and their "
+            "module importable in every worker: define them in the main script, in an installed package, or "
+            "call ray.cloudpickle.register_pickle_by_value(your_module)"
+        )
+        err.__cause__ = e
+        return err
+    return e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def _free_port() -> int:
@@ -661,7 +688,8 @@ class DataParallel:
             all workers run on this machine, else no checkpoints.
         checkpoint_every: steps between checkpoints (0: none; restarts then impossible).
         max_restarts: worker losses survived per :class:`DataParallel` before :class:`WorkerLostError`.
-        verify_every: steps between parameter-hash comparisons (0: never; local SGD: at averaging steps).
+        verify_every: steps between parameter-hash comparisons (0: only before checkpoints; local SGD: at every
+            averaging step). Checkpoints are always written from replicas verified identical.
         cpus_per_worker: Ray CPUs per worker = its nd4j threads; memory limits follow (:func:`worker_resources`).
         worker_env: environment overrides for the workers (e.g. ``{"SAMEDIFF_PY_OFFHEAP": "2g"}``).
         address: Ray address to join; None starts (or reuses) a local cluster (:func:`init_ray`).
@@ -728,6 +756,14 @@ class DataParallel:
         self._restarts_used = 0
         self._broken = False
         self._history: DistributedHistory | None = None
+        need = self.world * self.cpus_per_worker
+        have = float(self._ray.cluster_resources().get("CPU", 0))
+        if need > have and address is None and "resources" not in self.actor_options:
+            self.shutdown()
+            raise ValueError(
+                f"{self.world} workers x {self.cpus_per_worker:g} CPUs need {need:g} CPUs; this Ray cluster has "
+                f"{have:g}: use fewer workers, a smaller cpus_per_worker, or a bigger cluster"
+            )
         try:
             self._start(checkpoint=None)
             if self._ckpt_dir is None and self.checkpoint_every:
@@ -737,6 +773,9 @@ class DataParallel:
             if self._ckpt_dir is not None and self.checkpoint_every:
                 self._ckpt_dir.mkdir(parents=True, exist_ok=True)
                 self._save_checkpoint(0)
+        except _Restart as e:
+            self.shutdown()
+            raise WorkerLostError(f"start-up failed: {e}") from None
         except BaseException:
             self.shutdown()
             raise
@@ -812,17 +851,21 @@ class DataParallel:
             for r in ready:
                 try:
                     results[r] = ray.get(r)
-                except ray.exceptions.RayActorError as e:
-                    raise _Restart(f"{what}: a worker died ({type(e).__name__})") from e
-                except ray.exceptions.RayTaskError as e:
+                except ray.exceptions.RayTaskError as e:  # raised by our code or the user's, in a worker
                     cause = e.cause if getattr(e, "cause", None) is not None else e
                     if isinstance(cause, _CollectiveError):
                         raise _Restart(f"{what}: {cause}") from e
-                    if isinstance(cause, ray.exceptions.RayActorError):
-                        raise _Restart(f"{what}: a worker died ({type(cause).__name__})") from e
+                    if isinstance(cause, _lost_types(ray)):
+                        raise _Restart(f"{what}: a worker was lost ({type(cause).__name__})") from e
                     if user_error is None:
-                        user_error = cause
+                        user_error = _explain(ray, cause)
                         grace = time.monotonic() + 5.0  # a death elsewhere would show up as such soon
+                except _lost_types(ray) as e:  # actor died, killed for memory, node lost, object lost
+                    raise _Restart(f"{what}: a worker died or was lost ({type(e).__name__}: {_first_line(e)})") from e
+                except ray.exceptions.RayError as e:  # e.g. a task's arguments could not be unpickled
+                    if user_error is None:
+                        user_error = _explain(ray, e)
+                        grace = time.monotonic() + 5.0
         if user_error is not None:
             self._broken = True
             self._kill_workers()
@@ -854,12 +897,18 @@ class DataParallel:
         return b
 
     # ---------------------------------------------------------------- checks and checkpoints
-    def _verify(self, b: int, record: bool = True) -> None:
+    def verify(self) -> str:
+        """Compare the workers' parameter hashes now; returns the common hash, or raises
+        :class:`ReplicaMismatchError` naming the workers that differ (with local SGD, replicas agree only right
+        after an averaging step)."""
+        return self._outside_fit(lambda: self._verify(self._batches_done, record=False), "verify")
+
+    def _verify(self, b: int, record: bool = True) -> str:
         hashes = self._gather([w.param_hash.remote() for w in self._workers], "parameter check")
         if len(set(hashes)) == 1:
             if record and self._history is not None:
                 self._history.verified_steps.append(b)
-            return
+            return hashes[0]
         counts: dict[str, int] = {}
         for h in hashes:
             counts[h] = counts.get(h, 0) + 1
@@ -941,6 +990,7 @@ class DataParallel:
         bar = _progress(progress, None if shards is None else int(steps or 0), "data parallel")
         epoch_t0: dict[int, float] = {}
         stop = False
+        finished = False
         try:
             while not stop:
                 b = self._batches_done
@@ -972,8 +1022,12 @@ class DataParallel:
                         hook = getattr(cb, "on_epoch_end", None)
                         if hook is not None and hook(epoch, hist.epoch_logs[-1]):
                             stop = True
+            finished = True
         finally:
             bar.close()
+            if not finished and not self._broken:  # e.g. Ctrl-C: the workers may be mid-step; resume from the file
+                self._broken = True
+                self._kill_workers()
         hist.stopped_early = stop
         return hist
 
@@ -1021,23 +1075,36 @@ class DataParallel:
     def _after_step(self, done: int) -> None:
         """Parameter checks and checkpoints once ``done`` steps are complete."""
         averaged = self.average_every is None or done % self.average_every == 0
-        if self.verify_every and averaged:
-            due = done % self.verify_every == 0 if self.average_every is None else True
-            if due:
-                self._verify(done)
-        if self.checkpoint_every and self._ckpt_dir is not None and averaged:
-            last = self._ckpt[0] if self._ckpt else 0
-            if done - last >= self.checkpoint_every:
-                self._save_checkpoint(done)
+        last = self._ckpt[0] if self._ckpt else 0
+        save = bool(self.checkpoint_every and self._ckpt_dir is not None and averaged)
+        save = save and done - last >= self.checkpoint_every
+        due = bool(self.verify_every) and (self.average_every is not None or done % self.verify_every == 0)
+        if averaged and (save or due):
+            self._verify(done)  # a checkpoint is only written from replicas verified identical
+        if save:
+            self._save_checkpoint(done)
 
     # ---------------------------------------------------------------- results
+    def _outside_fit(self, call: Callable[[], Any], what: str) -> Any:
+        """Run a driver request outside :meth:`fit`; a lost worker becomes :class:`WorkerLostError` (the next
+        fit resumes from the last checkpoint)."""
+        if self._broken or not self._workers:
+            raise WorkerLostError(f"{what}: the workers were torn down after an error; call fit to resume")
+        try:
+            return call()
+        except _Restart as e:
+            self._broken = True
+            self._kill_workers()
+            at = f"step {self._ckpt[0]}" if self._ckpt else "nothing (no checkpoint)"
+            raise WorkerLostError(f"{e}; the next fit resumes from the checkpoint at {at}") from None
+
     def weights(self) -> dict[str, np.ndarray]:
         """Rank 0's trained variables (name -> array)."""
-        return self._gather([self._workers[0].weights.remote()], "weights")[0]
+        return self._outside_fit(lambda: self._gather([self._workers[0].weights.remote()], "weights")[0], "weights")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save rank 0's model (with updater state) to ``path`` on rank 0's machine (atomic, verified)."""
-        self._gather([self._workers[0].save.remote(str(path), [])], "save")
+        self._outside_fit(lambda: self._gather([self._workers[0].save.remote(str(path), [])], "save"), "save")
         return Path(path)
 
     @property

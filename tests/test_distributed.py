@@ -259,6 +259,23 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(ad
 
 
 @needs_ray
+def test_a_worker_error_is_raised_as_itself_and_the_next_fit_resumes_from_the_checkpoint(cluster):
+    batches = mlp_batches(4)
+    with distributed.DataParallel(build_mlp, 2, trainer={"updater": "sgd", "lr": 0.05}, checkpoint_every=2) as dp:
+        dp.fit(batches[:3])  # checkpoint at step 2, 3 steps done
+        with pytest.raises(KeyError, match="missing feed for placeholder"):
+            dp.fit([{"x": batches[3]["x"]}])  # no "y": the feed check raises in both workers
+        with pytest.raises(distributed.WorkerLostError, match="torn down"):
+            dp.weights()  # the workers were torn down (one may have been waiting in a collective)
+        # new workers from the checkpoint the failed fit took when it started (step 3): nothing is lost
+        dp.fit(batches[3:])
+        assert dp.steps_done == 4 and ray.get(dp._workers[0].iterations.remote()) == 4
+        weights = dp.weights()
+    _, want, _ = single_process(build_mlp, batches, updater="sgd", lr=0.05)
+    assert_float32_close(weights, want, ulps=16)
+
+
+@needs_ray
 def test_diverged_replicas_are_named(cluster):
     with distributed.DataParallel(
         build_mlp, 2, trainer={"updater": "sgd", "lr": 0.05}, verify_every=2, checkpoint_every=0
@@ -325,3 +342,44 @@ def test_gloo_and_object_store_give_the_same_bits(adam_run):
     np.testing.assert_array_equal(hist.step_losses, ref_hist.step_losses)
     for n in ref_weights:
         np.testing.assert_array_equal(weights[n], ref_weights[n], err_msg=n)
+
+
+HANDLER_PROBE = r"""
+import ctypes, signal, sys
+from samediff_py import Graph, distributed
+import ray
+
+class SigAction(ctypes.Structure):  # glibc's struct sigaction on Linux
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                ("restorer", ctypes.c_void_p)]
+
+class DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p),
+                ("saddr", ctypes.c_void_p)]
+
+libc = ctypes.CDLL(None)
+
+def segv_owner():
+    sa, info = SigAction(), DlInfo()
+    libc.sigaction(signal.SIGSEGV, None, ctypes.byref(sa))
+    libc.dladdr(ctypes.c_void_p(sa.handler), ctypes.byref(info))
+    return (info.fname or b"?").decode().rsplit("/", 1)[-1]
+
+Graph()  # the JVM starts first, as in a driver that built a model before connecting to Ray
+before = segv_owner()
+distributed.init_ray(num_cpus=1, object_store_memory=80 << 20)
+print(before, segv_owner())
+ray.shutdown()
+"""
+
+
+@needs_ray
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the SIGSEGV handler with glibc's sigaction")
+def test_init_ray_leaves_the_running_jvm_its_sigsegv_handler():
+    """ray.init after the JVM started replaced the JVM's SIGSEGV handler (Ray's absl handler, then Python's
+    faulthandler): the JVM's next safepoint poll aborted the driver. init_ray keeps the JVM's."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", HANDLER_PROBE], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[-2:] == ["libjvm.so", "libjvm.so"], res.stdout
