@@ -604,6 +604,7 @@ class DistributedHistory(History):
     transport: str = ""
     step_epochs: list[int] = field(default_factory=list)
     step_applied: list[bool] = field(default_factory=list)
+    _epoch_ends: list[int] = field(default_factory=list, repr=False)
 
     def _record(self, res: dict[str, Any], epoch: int) -> None:
         self.step_losses.append(res["loss"])
@@ -632,8 +633,12 @@ class DistributedHistory(History):
         self.epoch_losses.append(loss)
         self.epoch_times.append(dt)
         self.epoch_logs.append(logs)
+        self._epoch_ends.append(len(self.step_losses))
 
     def _truncate(self, steps: int) -> None:
+        keep = sum(1 for end in self._epoch_ends if end <= steps)  # epochs that ended before the resumed step
+        for lst in (self.epoch_losses, self.epoch_times, self.epoch_logs, self._epoch_ends):
+            del lst[keep:]
         lists = (self.step_losses, self.step_samples, self.step_weights, self.rank_losses, self.rank_weights,
                  self.step_epochs, self.step_applied, *self.phase_seconds.values())  # fmt: skip
         for lst in lists:
@@ -818,7 +823,8 @@ class DataParallel:
             self._gather([w.set_params_flat.remote(flat) for w in self._workers[1:]], "parameter broadcast")
         if self._shard_fn is not None:
             self._gather([w.set_shards.remote(self._shard_fn) for w in self._workers], "shard function")
-        self._verify(checkpoint[0] if checkpoint else 0, record=False)
+        if checkpoint is None or len(checkpoint[1]) == 1:  # (local SGD: each rank resumes from its own file)
+            self._verify(checkpoint[0] if checkpoint else 0, record=False)
 
     def _kill_workers(self) -> None:
         for w in self._workers:

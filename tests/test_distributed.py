@@ -290,11 +290,20 @@ def test_diverged_replicas_are_named(cluster):
 
 @needs_ray
 def test_local_sgd_is_a_different_algorithm_and_equals_its_one_process_simulation(cluster):
-    """Local SGD: each worker steps on its own shard; every 3 steps the parameters are averaged. Simulated in
-    one process with two Trainers; it is not the synchronous (single-process) result."""
+    """Local SGD: each worker steps on its own shard (own Adam state); every 3 steps the parameters are averaged.
+    Simulated in one process with two Trainers, bit for bit, even across a killed worker; it is not the
+    synchronous (single-process) result."""
     batches = mlp_batches(9)
-    hist, weights, _ = run_dp(build_mlp, batches, trainer={"updater": "adam", "lr": 0.02}, average_every=3)
-    assert hist.verified_steps == [3, 6, 9]
+    holder: list = []
+    kill = KillAt(holder, at=4)  # a lost worker too: each rank resumes from its own checkpoint file (step 3)
+    with distributed.DataParallel(
+        build_mlp, 2, trainer={"updater": "adam", "lr": 0.02}, average_every=3, checkpoint_every=3
+    ) as dp:
+        holder.append(dp)
+        hist = dp.fit(batches, callbacks=[kill])
+        weights = dp.weights()
+    assert kill.done and [r["resumed_at"] for r in hist.restarts] == [3]
+    assert hist.verified_steps == [3, 6, 9] and hist.steps == 9
     reps = [build_mlp() for _ in range(2)]
     ts = [train.Trainer(g, loss, "adam", lr=0.02) for g, loss in reps]
     names = ts[0].params
