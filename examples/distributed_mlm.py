@@ -15,6 +15,12 @@ all) amplifies step after step; the data-parallel run differs from one process b
 
 On a real cluster every node needs samediff_py (and its jars) installed, and --checkpoint-dir a folder every
 node can read (restarts after a lost worker load from it).
+
+On one 2-core machine the data-parallel run is slower than one process (measured: 300 steps in 45 s against
+28 s; two workers and the driver share the cores and every step exchanges the gradient): the point here is the
+equality. At 300 steps both runs reach 100 % held-out accuracy along visibly different loss curves, and so does
+the one process with its batches' rows reordered: training amplifies rounding. bench/RESULTS.md models where
+more machines pay off.
 """
 
 from __future__ import annotations
