@@ -394,6 +394,31 @@ def test_export_import_weights(tmp_path):
         train.import_weights(g2, tmp_path / "w")
 
 
+def test_export_import_weights_as_one_safetensors_file(tmp_path):
+    import safetensors.numpy
+
+    g, _ = mlp(seed=1)
+    (path,) = train.export_weights(g, tmp_path / "model.safetensors")
+    stored = safetensors.numpy.load_file(str(path))  # the ecosystem's reader, not ours
+    assert sorted(stored) == ["b1", "w1", "w2"]
+    for n, a in stored.items():
+        np.testing.assert_array_equal(a, g.get_value(n))
+    g2, _ = mlp(seed=2)
+    assert sorted(train.import_weights(g2, path)) == ["b1", "w1", "w2"]
+    data = regression_data(8)
+    np.testing.assert_array_equal(g2.run(data, "pred"), g.run(data, "pred"))
+    safetensors.numpy.save_file({**stored, "w1": stored["w1"][:2]}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="'w1' has shape \\(2, 8\\)"):
+        train.import_weights(g2, tmp_path / "bad.safetensors")
+    safetensors.numpy.save_file({**stored, "extra": stored["b1"]}, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(ValueError, match="unknown \\['extra'\\]"):
+        train.import_weights(g2, tmp_path / "extra.safetensors")
+    assert sorted(train.import_weights(g2, tmp_path / "extra.safetensors", strict=False)) == ["b1", "w1", "w2"]
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(train.ModelFileError, match="not a readable .safetensors"):
+        train.import_weights(g2, tmp_path / "junk.safetensors")
+
+
 # ---------------------------------------------------------------------------- the file is a real DL4J model
 def _java_cp() -> str:
     jars = _jvm.jar_dir()

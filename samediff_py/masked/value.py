@@ -106,7 +106,16 @@ def valid_condition(mask: Var, like: Var) -> Var:
 
 def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
     """``value`` at valid positions, ``fill`` at padded ones: a SELECT, so NaN/inf at padding never leaks
-    (``x * 0`` is NaN for x = NaN or inf); the gradient into padded positions is exactly 0."""
+    (``x * 0`` is NaN for x = NaN or inf); the gradient into padded positions is exactly 0.
+
+    A ``[batch, time, F...]`` value with known feature dims is selected row by row (``[batch * time, F...]``,
+    :func:`samediff_py.ops.select_rows`: one vector copy per position, ~5x faster than libnd4j's elementwise
+    select, which dominated a BERT forward pass); anything else elementwise."""
+    if value.rank >= 3 and None not in value.shape[2:]:
+        flat = ops.reshape(value, (-1, *value.shape[2:]))
+        keep = ops.greater(ops.reshape(mask, (-1,)), 0.5)
+        filler = ops.zeros_like(flat) if fill == 0.0 else ops.add(ops.zeros_like(flat), fill)
+        return ops.reshape_like(ops.select_rows(keep, flat, filler), value)
     filler = ops.zeros_like(value) if fill == 0.0 else ops.add(ops.zeros_like(value), fill)
     return ops.where(valid_condition(mask, value), value, filler, same_shape=True)
 
