@@ -480,9 +480,11 @@ class Trainer:
             )
         return False
 
-    def _follow_schedule(self, step: int) -> None:
+    def _follow_schedule(self, step: int | None = None) -> None:
+        """Set the scheduled learning rate for ``step`` (default: the current iteration, asked of the JVM only
+        when there is a schedule)."""
         if self.schedule is not None:
-            lr = float(self.schedule(step))
+            lr = float(self.schedule(self.iterations if step is None else step))
             if lr != self._lr:
                 self.set_learning_rate(lr)
 
@@ -490,7 +492,7 @@ class Trainer:
         # graph.gradients(...) or another Trainer may have pointed SameDiff at another loss since the last
         # step; training would then follow that loss while reporting ours (a tuple compare when unchanged)
         self.graph.define_gradients([self.loss])
-        self._follow_schedule(self.iterations)
+        self._follow_schedule()
         shapes: list[int] = []
         for a in arrs:
             shapes.append(a.ndim)
