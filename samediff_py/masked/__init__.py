@@ -18,16 +18,22 @@ from ..errors import MaskError
 from ..padding import check_mask, mask_from_lengths, mask_from_pad, pad_batch, positions_from_mask, shift_targets
 from .attention import AttentionParams, multi_head_attention, multi_head_attention_unfused, unfused_attention_core
 from .losses import accuracy, softmax_cross_entropy, top_k_accuracy
+from .recurrent import GRUParams, LSTMParams, RecurrentOutput, gru, lstm
 from .value import Masked, dense, layer_norm, mask_placeholder, max_pool, mean_pool, sum_pool
 
 __all__ = [
     "AttentionParams",
+    "GRUParams",
+    "LSTMParams",
     "MaskError",
     "Masked",
+    "RecurrentOutput",
     "accuracy",
     "check_mask",
     "dense",
+    "gru",
     "layer_norm",
+    "lstm",
     "mask_from_lengths",
     "mask_from_pad",
     "mask_placeholder",

@@ -37,6 +37,7 @@ public final class FixedOps {
         if (registered) return;
         put("gather", FixedGather.class);
         put("select", FixedSelect.class);
+        put("lstmLayer", Recurrent.FixedLstm.class);  // masked LSTM: gradient with lengths, loadable files
         registered = true;
     }
 

@@ -1,0 +1,287 @@
+package samediffpy;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.List;
+
+import org.nd4j.autodiff.samediff.SDVariable;
+import org.nd4j.autodiff.samediff.SameDiff;
+import org.nd4j.common.base.Preconditions;
+import org.nd4j.linalg.api.buffer.DataType;
+import org.nd4j.linalg.api.ops.impl.layers.convolution.config.Conv1DConfig;
+import org.nd4j.linalg.api.ops.impl.layers.convolution.config.PaddingMode;
+import org.nd4j.linalg.api.ops.impl.layers.recurrent.LSTMLayer;
+import org.nd4j.linalg.api.ops.impl.layers.recurrent.LSTMLayerBp;
+import org.nd4j.linalg.api.ops.impl.layers.recurrent.config.LSTMActivations;
+import org.nd4j.linalg.api.ops.impl.layers.recurrent.config.LSTMDataFormat;
+import org.nd4j.linalg.api.ops.impl.layers.recurrent.config.LSTMDirectionMode;
+import org.nd4j.linalg.api.ops.impl.layers.recurrent.config.LSTMLayerConfig;
+import org.nd4j.linalg.api.ops.impl.layers.recurrent.weights.LSTMLayerWeights;
+import org.nd4j.linalg.factory.Nd4j;
+
+/**
+ * Masked recurrent layers and 1-d convolution for samediff_py (pinned signatures for pyjnius).
+ *
+ * <p>M2.1 facts behind this file (measured; see tests/test_recurrent.py, which keeps a test per bug):
+ * <ul>
+ * <li>libnd4j's {@code lstmLayer} is right, with a sequence-length input: steps past a row's length give 0,
+ *     the last-state outputs are taken at the row's last valid step, and in bidirectional modes the backward
+ *     direction starts at the last VALID step. The stock Java class is not: its gradient silently ignores the
+ *     sequence lengths (and the initial states), and graphs holding it cannot be loaded. {@link FixedLstm}
+ *     fixes both; {@link FixedOps#register()} makes every {@code lstmLayer} of the JVM one.</li>
+ * <li>{@code gru}'s gradient ({@code gru_bp}) is wrong in the reset gate and {@code gruCell} has none, so the
+ *     GRU here is unrolled from plain ops ({@link #gru}), with the mask as a state carry.</li>
+ * </ul>
+ */
+public final class Recurrent {
+    private Recurrent() {}
+
+    // ======================================================================================== LSTM
+
+    /**
+     * {@code lstmLayer} with the M2.1 Java-side bugs fixed (the libnd4j op is unchanged, so files hold a plain
+     * {@code lstmLayer}):
+     * <ol>
+     * <li>inputs in libnd4j's order {@code x, Wx, Wr, [b], [seqLen], [hI], [cI], [Wp]} (the stock class puts
+     *     the cell state in hI's slot when both initial states are given);</li>
+     * <li>activations: libnd4j reads I_ARGs {@code [format, direction, gateAct, cellAct (candidate),
+     *     outAct (applied to c)]} while the stock {@code iArgs()} sends the config's outAct before its cellAct:
+     *     {@link #create} stores them crosswise so the stock {@code iArgs()} (also used when saving) is right;</li>
+     * <li>{@code doDiff} rebuilt from {@code args()} and the B/I/T arguments, which survive the FlatBuffers clone
+     *     SameDiff makes of every op before differentiating; the stock one reads Java fields that the clone
+     *     loses, so its gradient silently ignored the sequence lengths;</li>
+     * <li>{@code configureWithSameDiff} tolerates {@code SameDiff.load}, which calls it before the op's inputs
+     *     are known (the stock class threw a NullPointerException: no file with an lstmLayer could be loaded).</li>
+     * </ol>
+     * Found and proven by the M2.1 research (notes/m21-rnn-conv-attention.md, rr.FixedLstm).
+     */
+    public static class FixedLstm extends LSTMLayer {
+        public FixedLstm() {}
+
+        private FixedLstm(SameDiff sd, SDVariable x, SDVariable hI, SDVariable cI, SDVariable seqLen,
+                          LSTMLayerWeights w, LSTMLayerConfig cfg, boolean[] b) {
+            // the stock argument order is x, Wx, Wr, b, seqLen, cLast, yLast, Wp: hI goes in "cLast"'s place
+            super(sd, x, hI, cI, seqLen, w, cfg);
+            bArguments.clear();
+            for (boolean v : b) bArguments.add(v);
+        }
+
+        /**
+         * Builds the op. Absent inputs are null. Activation ids are {@code LSTMActivations} ordinals (0 tanh,
+         * 1 relu, 2 sigmoid, ...); {@code cellAct} is the candidate's, {@code outAct} the one applied to c.
+         * dataFormat: 0 TNS, 1 NTS, 2 NST; directionMode: 0 FWD, 1 BWD, 2 BIDIR_SUM, 3 BIDIR_CONCAT.
+         */
+        public static SDVariable[] create(SameDiff sd, SDVariable x, SDVariable hI, SDVariable cI,
+                                          SDVariable seqLen, SDVariable wx, SDVariable wr, SDVariable bias,
+                                          int dataFormat, int directionMode, int gateAct, int cellAct, int outAct,
+                                          boolean retFull, boolean retLastH, boolean retLastC) {
+            LSTMLayerWeights w = LSTMLayerWeights.builder().weights(wx).rWeights(wr).bias(bias).build();
+            LSTMLayerConfig c = LSTMLayerConfig.builder()
+                    .lstmdataformat(LSTMDataFormat.values()[dataFormat])
+                    .directionMode(LSTMDirectionMode.values()[directionMode])
+                    .gateAct(LSTMActivations.values()[gateAct])
+                    .outAct(LSTMActivations.values()[cellAct])   // crosswise: see the class comment
+                    .cellAct(LSTMActivations.values()[outAct])
+                    .cellClip(0.0)
+                    .retFullSequence(retFull).retLastH(retLastH).retLastC(retLastC)
+                    .build();
+            boolean[] b = {bias != null, seqLen != null, hI != null, cI != null, false, retFull, retLastH, retLastC};
+            return new FixedLstm(sd, x, hI, cI, seqLen, w, c, b).outputVariables();
+        }
+
+        /** Tolerates SameDiff.load, which configures ops before their inputs are wired. */
+        @Override
+        public void configureWithSameDiff(SameDiff sameDiff) {
+            if (sameDiff.getInputsForOp(this) == null) {
+                this.sameDiff = sameDiff;
+                return;
+            }
+            super.configureWithSameDiff(sameDiff);
+        }
+
+        private int nOutputs() {
+            if (bArguments.size() >= 8) {
+                int n = 0;
+                for (int k = 5; k < 8; k++) if (bArguments.get(k)) n++;
+                return n;
+            }
+            return super.getNumOutputs();
+        }
+
+        @Override
+        public int getNumOutputs() {
+            return nOutputs();
+        }
+
+        @Override
+        public List<DataType> calculateOutputDataTypes(List<DataType> inputDataTypes) {
+            DataType dt = inputDataTypes.get(0);
+            Preconditions.checkState(dt.isFPType(), "lstmLayer input must be floating point, got %s", dt);
+            return Collections.nCopies(nOutputs(), dt);
+        }
+
+        @Override
+        public List<SDVariable> doDiff(List<SDVariable> grads) {
+            boolean hasB = bArguments.get(0), hasSeq = bArguments.get(1), hasH = bArguments.get(2),
+                    hasC = bArguments.get(3), hasPH = bArguments.get(4), full = bArguments.get(5),
+                    lastH = bArguments.get(6), lastC = bArguments.get(7);
+            SDVariable[] a = args();
+            int k = 0;
+            SDVariable x = a[k++], wx = a[k++], wr = a[k++];
+            SDVariable b = hasB ? a[k++] : null;
+            SDVariable seq = hasSeq ? a[k++] : null;
+            SDVariable hI = hasH ? a[k++] : null;
+            SDVariable cI = hasC ? a[k++] : null;
+            SDVariable wp = hasPH ? a[k++] : null;
+            int g = 0;
+            SDVariable dLdh = full ? grads.get(g++) : null;
+            SDVariable dLdhL = lastH ? grads.get(g++) : null;
+            SDVariable dLdcL = lastC ? grads.get(g++) : null;
+            // LSTMLayerBp's own input order (x, Wx, Wr, b, seqLen, yLast, cLast, Wp, grads) is libnd4j's when
+            // yLast = hI and cLast = cI; its iArgs are [fmt, dir, gate, config.outAct, config.cellAct], so its
+            // config's out/cell fields take libnd4j's slot-3/slot-4 values
+            LSTMLayerConfig bpCfg = LSTMLayerConfig.builder()
+                    .lstmdataformat(LSTMDataFormat.values()[iArguments.get(0).intValue()])
+                    .directionMode(LSTMDirectionMode.values()[iArguments.get(1).intValue()])
+                    .gateAct(LSTMActivations.values()[iArguments.get(2).intValue()])
+                    .outAct(LSTMActivations.values()[iArguments.get(3).intValue()])
+                    .cellAct(LSTMActivations.values()[iArguments.get(4).intValue()])
+                    .cellClip(tArguments.isEmpty() ? 0.0 : tArguments.get(0))
+                    .retFullSequence(full).retLastH(lastH).retLastC(lastC)
+                    .build();
+            LSTMLayerWeights w = LSTMLayerWeights.builder().weights(wx).rWeights(wr).bias(b).peepholeWeights(wp)
+                    .build();
+            SDVariable[] out = new LSTMLayerBp(sameDiff, x, cI, hI, seq, w, bpCfg, dLdh, dLdhL, dLdcL)
+                    .outputVariables();
+            List<SDVariable> res = new ArrayList<>(Arrays.asList(out));
+            if (hasSeq) {  // libnd4j gives the integer lengths no gradient: a zero of their own type
+                res.set(3 + (hasB ? 1 : 0), sameDiff.zerosLike(seq));
+            }
+            return res;
+        }
+    }
+
+    /**
+     * Masked LSTM over {@code [B, T, nIn]} (NTS), right-padded, lengths {@code [B]} int: returns
+     * {h [B, T, n or 2n] named {@code name}, hLast, cLast}.
+     * directionMode 0 = forward, 3 = bidirectional (forward half first); hLast/cLast are [B, n] or [2, B, n].
+     */
+    public static SDVariable[] lstm(SameDiff sd, String name, SDVariable x, SDVariable lengths, SDVariable wx,
+                                    SDVariable wr, SDVariable b, int directionMode) {
+        SDVariable[] out = FixedLstm.create(sd, x, null, null, lengths, wx, wr, b, 1, directionMode,
+                LSTMActivations.SIGMOID.ordinal(), LSTMActivations.TANH.ordinal(), LSTMActivations.TANH.ordinal(),
+                true, true, true);
+        out[0] = sd.updateVariableNameAndReference(out[0], name);
+        return out;
+    }
+
+    /** The stock M2.1 class (for the tests that document its bugs): same op, stock Java. */
+    public static SDVariable[] stockLstm(SameDiff sd, String name, SDVariable x, SDVariable lengths, SDVariable wx,
+                                         SDVariable wr, SDVariable b, int directionMode) {
+        LSTMLayerWeights w = LSTMLayerWeights.builder().weights(wx).rWeights(wr).bias(b).build();
+        LSTMLayerConfig c = LSTMLayerConfig.builder()
+                .lstmdataformat(LSTMDataFormat.NTS)
+                .directionMode(LSTMDirectionMode.values()[directionMode])
+                .gateAct(LSTMActivations.SIGMOID).cellAct(LSTMActivations.TANH).outAct(LSTMActivations.TANH)
+                .retFullSequence(true).retLastH(false).retLastC(false)
+                .build();
+        SDVariable out = new LSTMLayer(sd, x, null, null, lengths, w, c).outputVariables()[0];
+        return new SDVariable[]{sd.updateVariableNameAndReference(out, name)};
+    }
+
+    /** The class SameDiff instantiates for {@code lstmLayer} in this JVM (tests check the registration). */
+    public static String lstmClass() {
+        return FixedOps.classFor("lstmLayer");
+    }
+
+    /** {@code reverseSequence(x, lengths)} along axis 1 (time), batch axis 0: reverses each row's first
+     *  {@code lengths[b]} steps and keeps the rest. */
+    public static SDVariable reverseSequence(SameDiff sd, String name, SDVariable x, SDVariable lengths) {
+        return sd.reverseSequence(name, x, lengths, 1, 0);
+    }
+
+    /** {@code x} reversed along one axis. */
+    public static SDVariable reverse(SameDiff sd, String name, SDVariable x, int axis) {
+        return sd.reverse(name, x, axis);
+    }
+
+    // ======================================================================================== GRU
+
+    /**
+     * GRU unrolled over a STATIC {@code maxT} steps from plain ops (all with correct M2.1 gradients), with the
+     * mask as a state carry, so right and left padding (and holes) and both directions need no lengths:
+     * <pre>
+     *   r = sigmoid(x Wx_r + b_r + h Wh_r);  u = sigmoid(x Wx_u + b_u + h Wh_u)
+     *   c = tanh(x Wx_c + b_c + r * (h Wh_c + bh_c))          (reset after the matmul, as M2.1's gru op / PyTorch)
+     *   h' = u * h + (1 - u) * c;   h_t = m_t ? h' : h_{t-1};   y_t = m_t ? h_t : 0
+     * </pre>
+     * Gate order r, u, c along 3n; Wx [nIn, 3n], Wh [n, 3n], b [3n] (or null), bhc [n] (or null). x [B, T, nIn]
+     * with T <= maxT known at run time: x and the mask are padded to maxT inside the graph and y sliced back to T.
+     * mask [B, T] float (1 = valid). reverse: process t = maxT-1 .. 0. Returns {y [B, T, n] named {@code name}, hLast [B, n]}:
+     * hLast is the state after the last valid step (0 for a row without any).
+     */
+    public static SDVariable[] gru(SameDiff sd, String name, SDVariable x, SDVariable mask, SDVariable wx,
+                                   SDVariable wh, SDVariable b, SDVariable bhc, int maxT, int nIn, int n,
+                                   boolean reverse) {
+        DataType dt = x.dataType();
+        // --- pad x [B, T, nIn] and mask [B, T] to maxT steps: paddings = C - T * E
+        SDVariable t = sd.castTo(sd.sizeAt(x, 1), DataType.INT);
+        SDVariable e3 = sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {0, 1}, {0, 0}}));
+        SDVariable c3 = sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {0, maxT}, {0, 0}}));
+        SDVariable xp = sd.nn().pad(x, c3.sub(e3.mul(t)), 0.0);
+        SDVariable e2 = sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {0, 1}}));
+        SDVariable c2 = sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {0, maxT}}));
+        SDVariable mp = sd.nn().pad(mask, c2.sub(e2.mul(t)), 0.0);
+        // --- input projections for every step at once: [B*maxT, nIn] @ [nIn, 3n] (+ b) -> maxT x [B, 3n]
+        SDVariable z = sd.mmul(sd.reshape(xp, -1, nIn), wx);
+        if (b != null) z = z.add(b);
+        SDVariable[] zs = sd.unstack(sd.reshape(z, -1, maxT, 3 * n), 1, maxT);
+        // --- per-step conditions [B, n] (select does not broadcast) and the zero initial state
+        SDVariable zerosBTn = sd.zerosLike(sd.reshape(sd.stridedSlice(z, new long[]{0, 0}, new long[]{0, n},
+                new long[]{1, 1}, 1, 1, 0, 0, 0), -1, maxT, n));
+        SDVariable mBTn = sd.expandDims(mp, 2).add(zerosBTn);
+        SDVariable cond = sd.gt(mBTn, 0.5);
+        SDVariable[] ms = sd.unstack(mBTn, 1, maxT);                             // (unstack refuses BOOL)
+        SDVariable h = sd.stridedSlice(zerosBTn, new long[]{0, 0, 0}, new long[]{0, 1, 0}, new long[]{1, 1, 1},
+                5, 5, 0, 0, 2);                                                  // zerosBTn[:, 0, :]
+        SDVariable[] hs = new SDVariable[maxT];
+        for (int s = 0; s < maxT; s++) {
+            int step = reverse ? maxT - 1 - s : s;
+            SDVariable[] zx = sd.split(zs[step], 3, 1);
+            SDVariable[] zh = sd.split(sd.mmul(h, wh), 3, 1);
+            SDVariable r = sd.nn().sigmoid(zx[0].add(zh[0]));
+            SDVariable u = sd.nn().sigmoid(zx[1].add(zh[1]));
+            SDVariable hc = bhc == null ? zh[2] : zh[2].add(bhc);
+            SDVariable c = sd.math().tanh(zx[2].add(r.mul(hc)));
+            SDVariable hn = c.add(u.mul(h.sub(c)));                              // u*h + (1-u)*c
+            h = new FixedOps.FixedSelect(sd, new SDVariable[]{sd.gt(ms[step], 0.5), hn, h}).outputVariable();
+            hs[step] = h;
+        }
+        SDVariable all = sd.stack(1, hs);                                          // [B, maxT, n]
+        SDVariable y = new FixedOps.FixedSelect(sd, new SDVariable[]{cond, all, zerosBTn}).outputVariable();
+        // back to the fed length: y[:, :T]
+        SDVariable size = sd.concat(0, sd.constant(Nd4j.createFromArray(new int[]{-1})), sd.reshape(t, 1),
+                sd.constant(Nd4j.createFromArray(new int[]{-1})));
+        y = sd.slice(y, sd.constant(Nd4j.createFromArray(new int[]{0, 0, 0})), size);
+        return new SDVariable[]{sd.updateVariableNameAndReference(y, name), h};
+    }
+
+    /** M2.1's fused gru op (time-major x [T, B, nIn], hI [B, n] required): for the tests that document it. */
+    public static SDVariable stockGru(SameDiff sd, String name, SDVariable x, SDVariable hI, SDVariable wx,
+                                      SDVariable wh, SDVariable b) {
+        return sd.rnn().gru(name, x, hI, wx, wh, b);
+    }
+
+    // ======================================================================================== conv1d
+
+    /**
+     * conv1d over {@code [B, T, C]} (NWC), weights {@code [k, C, oC]}, bias {@code [oC]} or null, stride 1.
+     * paddingMode: 0 VALID, 1 SAME (TF convention: extra pad on the right), 2 CAUSAL (left pad (k-1)*d).
+     */
+    public static SDVariable conv1d(SameDiff sd, String name, SDVariable x, SDVariable w, SDVariable b, long k,
+                                    long dilation, int paddingMode) {
+        Conv1DConfig c = new Conv1DConfig(k, 1, 0, dilation, Conv1DConfig.NWC, PaddingMode.values()[paddingMode]);
+        return b == null ? sd.cnn().conv1d(name, x, w, c) : sd.cnn().conv1d(name, x, w, b, c);
+    }
+}
