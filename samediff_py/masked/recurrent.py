@@ -17,7 +17,7 @@ layer      how (DL4J 1.0.0-M2.1)
 =========  =============================================================================================
 ``lstm``   libnd4j's ``lstmLayer`` with per-row lengths ``sum(mask, 1)`` computed in the graph. The stock
            M2.1 Java class silently ignores the lengths in its gradient and cannot be loaded from a file:
-           ``samediffpy.Recurrent.FixedLstm`` (registered JVM-wide, files stay plain DL4J) fixes both.
+           ``samediffpy.Sequences.FixedLstm`` (registered JVM-wide, files stay plain DL4J) fixes both.
            Left padding: each row's valid steps are moved to the front (``reverse`` + ``reverseSequence``),
            run, and moved back. Any time length, no unrolling.
 ``gru``    unrolled over a static ``max_len`` steps from plain ops (M2.1's ``gru`` op has a wrong gradient
@@ -65,7 +65,7 @@ _FWD, _BIDIR_CONCAT = 0, 3  # libnd4j lstmLayer direction modes
 
 
 def _recurrent() -> Any:
-    return _jvm.jclass("samediffpy.Recurrent")
+    return _jvm.jclass("samediffpy.Sequences")
 
 
 @dataclass

@@ -18,10 +18,12 @@ import org.nd4j.linalg.api.ops.impl.layers.recurrent.config.LSTMDataFormat;
 import org.nd4j.linalg.api.ops.impl.layers.recurrent.config.LSTMDirectionMode;
 import org.nd4j.linalg.api.ops.impl.layers.recurrent.config.LSTMLayerConfig;
 import org.nd4j.linalg.api.ops.impl.layers.recurrent.weights.LSTMLayerWeights;
+import org.nd4j.linalg.api.ops.impl.transforms.custom.CumSum;
 import org.nd4j.linalg.factory.Nd4j;
 
 /**
- * Masked recurrent layers and 1-d convolution for samediff_py (pinned signatures for pyjnius).
+ * Sequence ops for samediff_py's masked layers: recurrent layers, 1-d convolution, cumulative sums (pinned
+ * signatures for pyjnius), and the fixed op classes they need.
  *
  * <p>M2.1 facts behind this file (measured; see tests/test_recurrent.py, which keeps a test per bug):
  * <ul>
@@ -32,10 +34,12 @@ import org.nd4j.linalg.factory.Nd4j;
  *     fixes both; {@link FixedOps#register()} makes every {@code lstmLayer} of the JVM one.</li>
  * <li>{@code gru}'s gradient ({@code gru_bp}) is wrong in the reset gate and {@code gruCell} has none, so the
  *     GRU here is unrolled from plain ops ({@link #gru}), with the mask as a state carry.</li>
+ * <li>{@code cumsum}'s gradient is wrong: the clone's {@code configureFromArguments} reads the reverse flag as
+ *     an axis and drops it. {@link FixedCumSum} fixes it.</li>
  * </ul>
  */
-public final class Recurrent {
-    private Recurrent() {}
+public final class Sequences {
+    private Sequences() {}
 
     // ======================================================================================== LSTM
 
@@ -271,6 +275,55 @@ public final class Recurrent {
     public static SDVariable stockGru(SameDiff sd, String name, SDVariable x, SDVariable hI, SDVariable wx,
                                       SDVariable wh, SDVariable b) {
         return sd.rnn().gru(name, x, hI, wx, wh, b);
+    }
+
+    // ======================================================================================== helpers
+
+    /**
+     * {@code cumsum} with a correct gradient: {@code cumsum(g, exclusive, !reverse)} along the same axes, read
+     * from the I_ARGs {@code [exclusive, reverse, axis...]} (which survive the FlatBuffers clone). M2.1's
+     * {@code CumSum.configureFromArguments} takes {@code [reverse, axis...]} as the axes and loses the reverse
+     * flag, so the stock gradient of every cumsum SameDiff differentiates is wrong (measured: the forward sum's
+     * gradient was the reverse sum's).
+     */
+    public static class FixedCumSum extends CumSum {
+        public FixedCumSum() {}
+
+        public FixedCumSum(SameDiff sd, SDVariable x, boolean exclusive, boolean reverse, int axis) {
+            super(sd, x, exclusive, reverse, axis);
+        }
+
+        @Override
+        public List<SDVariable> doDiff(List<SDVariable> grad) {
+            boolean exclusive = iArguments.get(0) > 0, reverse = iArguments.get(1) > 0;
+            int[] axes = new int[iArguments.size() - 2];
+            for (int i = 0; i < axes.length; i++) axes[i] = iArguments.get(i + 2).intValue();
+            SDVariable g = new CumSum(sameDiff, grad.get(0), exclusive, !reverse, axes).outputVariable();
+            return Collections.singletonList(g);
+        }
+    }
+
+    /** Cumulative sum along one axis, with the fixed gradient (pinned signature). */
+    public static SDVariable cumsum(SameDiff sd, String name, SDVariable x, boolean exclusive, boolean reverse,
+                                    int axis) {
+        return sd.updateVariableNameAndReference(new FixedCumSum(sd, x, exclusive, reverse, axis).outputVariable(),
+                name);
+    }
+
+    /** {@code [B, T, H*hs] -> [B, H, T, hs]} (B and T known at run time only). */
+    public static SDVariable splitHeads(SameDiff sd, String name, SDVariable x, int heads, int headSize) {
+        SDVariable lead = sd.stridedSlice(sd.shape(x), new long[]{0}, new long[]{2}, new long[]{1});
+        SDVariable tail = sd.constant(Nd4j.createFromArray(new long[]{heads, headSize}).castTo(lead.dataType()));
+        return sd.permute(name, sd.reshape(x, sd.concat(0, lead, tail)), 0, 2, 1, 3);
+    }
+
+    /** {@code [B, H, T, hs] -> [B, T, H*hs]}, heads concatenated head-major (as DL4J's multi-head op). */
+    public static SDVariable mergeHeads(SameDiff sd, String name, SDVariable x, int heads, int headSize) {
+        SDVariable t = sd.permute(x, 0, 2, 1, 3);
+        SDVariable lead = sd.stridedSlice(sd.shape(t), new long[]{0}, new long[]{2}, new long[]{1});
+        SDVariable tail = sd.constant(Nd4j.createFromArray(new long[]{(long) heads * headSize})
+                .castTo(lead.dataType()));
+        return sd.reshape(name, t, sd.concat(0, lead, tail));
     }
 
     // ======================================================================================== conv1d
