@@ -66,6 +66,28 @@ def _training() -> Any:
     return _jvm.jclass("samediffpy.Training")
 
 
+def _check_hyper(**values: float) -> None:
+    """Refuse hyperparameters that silently break training (before the JVM sees them)."""
+    for k, v in values.items():
+        if not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
+            raise ValueError(f"{k} must be a finite number, got {v!r}")
+    ranges = {
+        "lr": (0.0, None, "lr must be >= 0"),
+        "l2": (0.0, None, "l2 must be >= 0"),
+        "weight_decay": (0.0, None, "weight_decay must be >= 0"),
+        "momentum": (0.0, 1.0, "momentum must be in [0, 1)"),
+        "beta1": (0.0, 1.0, "beta1 must be in [0, 1)"),
+        "beta2": (0.0, 1.0, "beta2 must be in [0, 1)"),
+        "rms_decay": (0.0, 1.0, "rms_decay must be in [0, 1)"),
+    }
+    for k, (lo, hi, msg) in ranges.items():
+        v = float(values[k])
+        if v < lo or (hi is not None and v >= hi):
+            raise ValueError(f"{msg}, got {v}")
+    if float(values["epsilon"]) <= 0:
+        raise ValueError(f"epsilon must be > 0, got {values['epsilon']}")
+
+
 # ============================================================================ dropout
 def dropout(x: Var, rate: float, name: str, noise_shape: Sequence[int | str] | None = None) -> Var:
     """Inverted dropout that trains: ``x * keep`` where ``keep`` is the placeholder ``<name>/keep``.
@@ -312,6 +334,8 @@ class Trainer:
     ):
         if updater not in UPDATERS:
             raise ValueError(f"unknown updater {updater!r}: use one of {', '.join(UPDATERS)}")
+        _check_hyper(lr=lr, momentum=momentum, beta1=beta1, beta2=beta2, epsilon=epsilon, rms_decay=rms_decay,
+                     l2=l2, weight_decay=weight_decay)  # fmt: skip
         self.graph = graph
         self.loss = graph.as_var(loss)
         if any(d != 1 for d in self.loss.shape if d is not None) or None in self.loss.shape:
@@ -341,6 +365,7 @@ class Trainer:
             self._session = _training().session(
                 graph.sd, self.loss.name, self.need, updater, hyper, float(l2), float(weight_decay), bool(reuse_state)
             )
+            self.params: list[str] = list(self._session.params())  # trained variables, in flat-gradient order
         self._lr = float(lr) if not reuse_state else self.learning_rate
         graph.meta[TRAINER_KEY] = dict(self.config)
 
@@ -383,12 +408,17 @@ class Trainer:
             out.append(a if a.flags.c_contiguous else a.copy(order="C"))
         return out
 
-    def step(self, feeds: Feeds, rng: np.random.Generator | None = None) -> float:
-        """One training step on one batch; returns the loss at the weights before the update."""
-        arrs = self._train_feeds(feeds, rng if rng is not None else np.random.default_rng())
-        return self._step(arrs)
+    def step(self, feeds: Feeds, rng: np.random.Generator | None = None, on_nonfinite: str = "raise") -> float:
+        """One training step on one batch; returns the loss at the weights before the update.
 
-    def _step(self, arrs: list[np.ndarray]) -> float:
+        The step computes the loss and every gradient first and applies the update only if all are finite.
+        Otherwise nothing changes (weights, updater state, iteration count) and ``on_nonfinite="raise"``
+        raises :class:`TrainingError` naming the step and the culprit; ``"skip"`` returns the loss.
+        """
+        arrs = self._train_feeds(feeds, rng if rng is not None else np.random.default_rng())
+        return self._step(arrs, on_nonfinite)
+
+    def _step(self, arrs: list[np.ndarray], on_nonfinite: str = "raise") -> float:
         # graph.gradients(...) or another Trainer may have pointed SameDiff at another loss since the last
         # step; training would then follow that loss while reporting ours (a tuple compare when unchanged)
         self.graph.define_gradients([self.loss])
@@ -400,8 +430,17 @@ class Trainer:
         for a in arrs:
             shapes.append(a.ndim)
             shapes.extend(a.shape)
+        step = self.iterations
         with _jvm.java_errors():  # arrs stays referenced until the call returns: the JVM reads their memory
-            return float(_training().step(self._session, [a.ctypes.data for a in arrs], shapes))
+            loss, bad = _training().step(self._session, [a.ctypes.data for a in arrs], shapes)
+        if bad >= 0 and on_nonfinite != "skip":
+            what = "the loss" if bad >= len(self.params) else f"the gradient of {self.params[int(bad)]!r}"
+            raise TrainingError(
+                f"training step {step}: {what} is not finite (loss {loss}); the update was NOT applied: weights, "
+                f"updater state and iteration count are those after step {step - 1}. Lower the learning rate, check "
+                "the batch, or pass on_nonfinite='skip' to skip such steps."
+            )
+        return float(loss)
 
     # ------------------------------------------------------------------ loops
     def fit(
@@ -415,12 +454,20 @@ class Trainer:
         progress: bool | None = None,
         validation: Data | None = None,
         validation_metrics: Mapping[str, Any] | None = None,
+        on_nonfinite: str = "raise",
     ) -> History:
         """Train for ``epochs`` over ``data``: a dict of arrays batched along axis 0 (``batch_size``,
         ``shuffle`` with ``seed``), any re-iterable of feed dicts (list of batches), or a callable
         ``epoch -> iterable of feed dicts``. Dropout masks are drawn from ``seed`` too. ``validation`` (same
         forms) is evaluated after each epoch into ``val_loss`` / ``val_<metric>``. ``progress``: None = a
-        tqdm bar only on a terminal."""
+        tqdm bar only on a terminal.
+
+        A step whose loss or gradients are not finite is not applied; ``on_nonfinite="raise"`` (default)
+        stops with :class:`TrainingError` naming the step, ``"skip"`` goes on with the next batch (the step
+        is not counted in the epoch loss). Ctrl-C raises ``KeyboardInterrupt`` between steps: the model is
+        then exactly as after its last completed step (:attr:`iterations` tells how many)."""
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         rng = np.random.default_rng(seed)
         hist = History()
         self.graph.define_gradients([self.loss])  # in case graph.gradients(...) redefined it meanwhile
@@ -432,7 +479,10 @@ class Trainer:
             try:
                 for feeds in batches:
                     arrs = self._train_feeds(feeds, rng)
-                    loss = self._step(arrs)
+                    loss = self._step(arrs, on_nonfinite)
+                    if not math.isfinite(loss):
+                        bar.update(1)
+                        continue  # skipped (on_nonfinite="skip"): nothing was applied
                     n = _rows({k: a for k, a in zip(self.need, arrs, strict=False) if k in self.inputs})
                     hist.step_losses.append(loss)
                     hist.step_samples.append(n)
@@ -455,7 +505,9 @@ class Trainer:
                 bar.close()
             dt = time.perf_counter() - t0
             if samples == 0:
-                raise ValueError(f"epoch {epoch}: no batches (empty data)")
+                raise ValueError(
+                    f"fit: epoch {epoch} had no usable batch (the data is empty, or every step was skipped)"
+                )
             logs = {"loss": loss_sum / samples, "time": dt, "samples_per_sec": samples / dt if dt > 0 else math.nan}
             if validation is not None:
                 val = self.evaluate(validation, batch_size, validation_metrics, progress=progress)
@@ -531,7 +583,7 @@ def evaluate(
     finally:
         bar.close()
     if rows == 0:
-        raise ValueError("evaluate: no batches (empty data)")
+        raise ValueError("evaluate: no data (0 batches): nothing to evaluate")
     out = {}
     for key, i, j in plan:
         out[key] = float(sums[i] / rows) if j is None else (float(sums[i] / sums[j]) if sums[j] else 0.0)
@@ -551,4 +603,6 @@ def predict(graph: Graph, data: Data, outputs: Any, batch_size: int | None = Non
             bar.update(1)
     finally:
         bar.close()
-    return rebuild([np.concatenate(p, axis=0) if p and p[0].ndim else np.stack(p) for p in parts])
+    if not parts or not parts[0]:
+        raise ValueError("predict: no data (0 batches): nothing to predict")
+    return rebuild([np.concatenate(p, axis=0) if p[0].ndim else np.stack(p) for p in parts])

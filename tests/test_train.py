@@ -63,8 +63,37 @@ def test_step_loss_is_the_loss_before_the_update_and_decreases():
     assert hist.epoch_losses[-1] < 0.2 * hist.epoch_losses[0]
     assert hist.epoch_losses[0] == pytest.approx(np.mean(hist.step_losses[: len(batches)]), rel=1e-6)
     assert hist.steps_per_sec > 0 and hist.samples_per_sec == pytest.approx(32 * hist.steps_per_sec)
-    # the loss recorder saw the loss exactly once per step (never missing, never counted twice)
-    assert _jvm.jclass("samediffpy.Training").lossCount(t._session) == t.iterations
+
+
+@pytest.mark.parametrize(
+    "updater,kw",
+    [("sgd", {}), ("adam", {"l2": 1e-3}), ("nesterov", {"weight_decay": 1e-2}), ("rmsprop", {"l2": 1e-2})],
+)
+def test_two_phase_step_equals_stock_fit_bit_for_bit(updater, kw):
+    """Trainer.step computes loss + gradients, checks them, then applies the update itself (so a non-finite
+    step changes nothing); it must do exactly what M2.1's own fit does (updates inside the backward pass)."""
+    data = regression_data()
+    batches = [{k: v[i : i + 32] for k, v in data.items()} for i in range(0, 128, 32)]
+    runs = []
+    for fused in (False, True):
+        g, loss = mlp()
+        t = train.Trainer(g, loss, updater, lr=0.01, **kw)
+        losses = []
+        for b in batches * 2:
+            if fused:
+                arrs = t._train_feeds(b, np.random.default_rng())
+                shapes = [d for a in arrs for d in (a.ndim, *a.shape)]
+                losses.append(
+                    _jvm.jclass("samediffpy.Training").stepFused(t._session, [a.ctypes.data for a in arrs], shapes)
+                )
+            else:
+                losses.append(t.step(b))
+        runs.append((losses, {v.name: g.get_value(v) for v in g.trainable()}, t.iterations))
+    (l1, w1, i1), (l2, w2, i2) = runs
+    assert i1 == i2 == 8
+    np.testing.assert_array_equal(l1, l2)
+    for n in w1:
+        np.testing.assert_array_equal(w1[n], w2[n], err_msg=n)
 
 
 def test_epoch_loss_of_last_step_matches_evaluation_before_it():

@@ -10,6 +10,8 @@ import java.nio.file.Files;
 import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Collections;
+import java.util.Map;
 import java.util.HashMap;
 import java.util.HashSet;
 import java.util.List;
@@ -34,7 +36,10 @@ import org.nd4j.linalg.api.ndarray.INDArray;
 import org.nd4j.linalg.api.ops.OpContext;
 import org.nd4j.linalg.dataset.MultiDataSet;
 import org.nd4j.linalg.factory.Nd4j;
+import org.nd4j.autodiff.samediff.api.OutAndGrad;
+import org.nd4j.linalg.learning.GradientUpdater;
 import org.nd4j.linalg.learning.config.Adam;
+import org.nd4j.linalg.learning.regularization.Regularization;
 import org.nd4j.linalg.learning.config.IUpdater;
 import org.nd4j.linalg.learning.config.Nesterovs;
 import org.nd4j.linalg.learning.config.RmsProp;
@@ -89,16 +94,34 @@ public final class Training {
         final SameDiff sd;
         final String[] features;
         final DataType[] dtypes;
+        final String loss;
         final LossRecorder recorder;
         final TrainingConfig config;
+        /** Trainable float variables, in graph order: the order of {@link #grads} and of flat gradients. */
+        final String[] params;
+        /** Gradients of the last {@link #computeGradients} call (null entries: the loss does not depend on it). */
+        final INDArray[] grads;
+        double lastLoss = Double.NaN;
 
         Session(SameDiff sd, String[] features, String loss) {
             this.sd = sd;
             this.config = sd.getTrainingConfig();
             this.features = features;
+            this.loss = loss;
             this.dtypes = new DataType[features.length];
             for (int i = 0; i < features.length; i++) dtypes[i] = sd.getVariable(features[i]).dataType();
             this.recorder = new LossRecorder(loss);
+            List<String> ps = new ArrayList<>();
+            for (SDVariable v : sd.variables()) {
+                if (v.getVariableType() == VariableType.VARIABLE && v.dataType().isFPType()) ps.add(v.name());
+            }
+            this.params = ps.toArray(new String[0]);
+            this.grads = new INDArray[params.length];
+        }
+
+        /** Names of the trained variables, in the order of flat gradients. */
+        public String[] params() {
+            return params.clone();
         }
     }
 
@@ -131,6 +154,7 @@ public final class Training {
             if (l2 > 0) b.l2(l2);
             if (weightDecay > 0) b.weightDecay(weightDecay, true);
             sd.setTrainingConfig(b.build());
+            resetUpdaters(sd);
         } else if (!old.getDataSetFeatureMapping().equals(java.util.Arrays.asList(features))) {
             throw new IllegalStateException("the saved TrainingConfig feeds " + old.getDataSetFeatureMapping()
                     + " but this loss needs " + java.util.Arrays.asList(features));
@@ -174,8 +198,14 @@ public final class Training {
      * {@code addresses[i]} is feed i's first byte; {@code shapes} holds, per feed, its rank then its dims.
      * Returns the loss the step's forward pass produced (before the update); NaN if it was not seen.
      */
-    public static double step(Session s, long[] addresses, long[] shapes) {
-        requireCurrent(s);
+    public static double[] step(Session s, long[] addresses, long[] shapes) {
+        double loss = computeGradients(s, addresses, shapes);
+        int bad = firstNonFiniteGradient(s, loss);
+        if (bad < 0) applyGradients(s);
+        return new double[]{loss, bad};
+    }
+
+    static INDArray[] wrapFeeds(Session s, long[] addresses, long[] shapes) {
         INDArray[] feats = new INDArray[s.features.length];
         int p = 0;
         for (int i = 0; i < feats.length; i++) {
@@ -184,6 +214,118 @@ public final class Training {
             for (int d = 0; d < rank; d++) shape[d] = shapes[p++];
             feats[i] = Bridge.wrap(addresses[i], s.dtypes[i], shape);
         }
+        return feats;
+    }
+
+    /**
+     * Phase one of a training step: the loss and the gradient of every trained variable at the current
+     * weights, kept in the session (nothing is updated). Returns the loss.
+     */
+    public static double computeGradients(Session s, long[] addresses, long[] shapes) {
+        return computeGradientsArrays(s, wrapFeeds(s, addresses, shapes));
+    }
+
+    /** {@link #computeGradients} with INDArray feeds (plain-Java callers). */
+    public static double computeGradientsArrays(Session s, INDArray[] feats) {
+        requireCurrent(s);
+        Map<String, INDArray> ph = new HashMap<>();
+        for (int i = 0; i < feats.length; i++) ph.put(s.features[i], feats[i]);
+        OutAndGrad og = s.sd.calculateGradientsAndOutputs(ph, Collections.singletonList(s.loss), Arrays.asList(s.params));
+        INDArray l = og.getOutputs().get(s.loss);
+        s.lastLoss = l.isScalar() ? l.getDouble(0) : l.sumNumber().doubleValue();
+        Map<String, INDArray> g = og.getGradients();
+        for (int i = 0; i < s.params.length; i++) {
+            INDArray a = g.get(s.params[i]);
+            s.grads[i] = a == null ? null : Bridge.detached(a);
+        }
+        return s.lastLoss;
+    }
+
+    /**
+     * -1 if the loss and every gradient of the session are finite; else the index of the first parameter whose
+     * gradient is not, or {@code params.length} for the loss itself.
+     */
+    public static int firstNonFiniteGradient(Session s, double loss) {
+        if (!Double.isFinite(loss)) return s.params.length;
+        for (int i = 0; i < s.grads.length; i++) {
+            INDArray g = s.grads[i];
+            if (g != null && !Double.isFinite(g.sumNumber().doubleValue())) return i;  // sums NaN/inf through
+        }
+        return -1;
+    }
+
+    /**
+     * Phase two: applies the session's gradients exactly as M2.1's TrainingSession does inside fit (L1/L2
+     * before the updater, the updater with the current iteration and epoch, weight decay after it, then
+     * param -= update) and counts the iteration. With a learning rate of exactly 0 the updater state still
+     * advances but the parameters are not touched (M2.1's Adam moves weights by ~epsilon-sized steps at lr 0).
+     */
+    public static void applyGradients(Session s) {
+        requireCurrent(s);
+        SameDiff sd = s.sd;
+        TrainingConfig c = sd.getTrainingConfig();
+        ensureUpdaters(sd);
+        int it = c.getIterationCount();
+        int ep = c.getEpochCount();
+        double lr = c.getUpdater().hasLearningRate() ? c.getUpdater().getLearningRate(it, ep) : 1.0;
+        List<Regularization> regs = c.getRegularization();
+        for (int i = 0; i < s.params.length; i++) {
+            INDArray grad = s.grads[i];
+            if (grad == null) continue;
+            INDArray param = sd.getVariable(s.params[i]).getArr();
+            GradientUpdater u = sd.getUpdaterMap().get(s.params[i]);
+            if (regs != null) {
+                for (Regularization r : regs) {
+                    if (r.applyStep() == Regularization.ApplyStep.BEFORE_UPDATER) r.apply(param, grad, lr, it, ep);
+                }
+            }
+            u.applyUpdater(grad, it, ep);
+            if (regs != null) {
+                for (Regularization r : regs) {
+                    if (r.applyStep() == Regularization.ApplyStep.POST_UPDATER) r.apply(param, grad, lr, it, ep);
+                }
+            }
+            if (lr != 0.0) {
+                if (c.isMinimize()) param.subi(grad);
+                else param.addi(grad);
+            }
+            s.grads[i] = null;
+        }
+        c.incrementIterationCount();
+    }
+
+    /** M2.1 creates the updaters (and their state) lazily inside fit; the two-phase step needs them first. */
+    static void ensureUpdaters(SameDiff sd) {
+        if (sd.isInitializedTraining() && sd.getUpdaterMap() != null) return;
+        try {
+            java.lang.reflect.Method m = SameDiff.class.getDeclaredMethod("initializeTraining");
+            m.setAccessible(true);
+            m.invoke(sd);
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException("cannot initialise SameDiff's updaters", e);
+        }
+    }
+
+    /**
+     * Forgets the updater state (a new Trainer with another updater or settings: M2.1 would otherwise keep
+     * training with the OLD updaters, and save their state under the new config, which load() refuses).
+     */
+    static void resetUpdaters(SameDiff sd) {
+        if (!sd.isInitializedTraining()) return;
+        try {
+            java.lang.reflect.Field f = SameDiff.class.getDeclaredField("initializedTraining");
+            f.setAccessible(true);
+            f.setBoolean(sd, false);
+        } catch (ReflectiveOperationException e) {
+            throw new IllegalStateException("cannot reset SameDiff's updaters", e);
+        }
+        ensureUpdaters(sd);
+    }
+
+    /** The stock one-call step ({@code sd.fit}, updates applied inside the backward pass); tests compare. */
+    public static double stepFused(Session s, long[] addresses, long[] shapes) {
+        requireCurrent(s);
+        INDArray[] feats = wrapFeeds(s, addresses, shapes);
         s.recorder.value = Double.NaN;
         s.sd.fit(new MultiDataSet(feats, new INDArray[0]), s.recorder);
         return s.recorder.value;
@@ -199,10 +341,9 @@ public final class Training {
 
     /** Same as {@link #step} with INDArray feeds (used by the plain-Java benchmark and tests). */
     public static double stepArrays(Session s, INDArray[] feats) {
-        requireCurrent(s);
-        s.recorder.value = Double.NaN;
-        s.sd.fit(new MultiDataSet(feats, new INDArray[0]), s.recorder);
-        return s.recorder.value;
+        double loss = computeGradientsArrays(s, feats);
+        if (firstNonFiniteGradient(s, loss) < 0) applyGradients(s);
+        return loss;
     }
 
     /** How many times the recorder saw the loss (a test checks it is exactly once per step). */
