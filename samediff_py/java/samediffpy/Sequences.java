@@ -277,6 +277,16 @@ public final class Sequences {
         return sd.rnn().gru(name, x, hI, wx, wh, b);
     }
 
+    /** M2.1's gruCell (x [B, nIn], hLast [B, n]; Wru [nIn+n, 2n], Wc [nIn+n, n], bru [2n], bc [n]): its h output,
+     *  for the tests that document it (it has no gradient). */
+    public static SDVariable stockGruCell(SameDiff sd, String name, SDVariable x, SDVariable hLast, SDVariable wru,
+                                          SDVariable wc, SDVariable bru, SDVariable bc) {
+        org.nd4j.linalg.api.ops.impl.layers.recurrent.weights.GRUWeights w =
+                org.nd4j.linalg.api.ops.impl.layers.recurrent.weights.GRUWeights.builder()
+                        .ruWeight(wru).cWeight(wc).ruBias(bru).cBias(bc).build();
+        return sd.updateVariableNameAndReference(sd.rnn().gruCell(x, hLast, w)[3], name);
+    }
+
     // ======================================================================================== helpers
 
     /**
