@@ -168,7 +168,9 @@ def save(graph: Graph, path: str | os.PathLike, updater_state: bool = True, *, f
         raise ModelFileError(path, f"variable {bad!r} holds NaN or infinity; pass force=True to save it anyway")
     with atomic_write(path) as tmp, _jvm.java_errors():
         _jvm.bridge().alignOpNames(graph.sd)  # (a no-op for graphs built through Graph.op)
-        _training().saveVerified(graph.sd, str(tmp), bool(updater_state), meta)
+        _training().writeModel(graph.sd, str(tmp), bool(updater_state), meta)
+        # read back before the rename: no bug of the writer can replace a good checkpoint with a bad one
+        _training().verifyModel(graph.sd, str(tmp), meta)
     return path
 
 

@@ -267,7 +267,7 @@ def _batches(
         if len(n_set) != 1:
             raise ValueError(f"arrays must share their leading (batch) size, got {sizes}")
         n = n_set.pop()
-        bs = n if batch_size is None else int(batch_size)
+        bs = max(n, 1) if batch_size is None else int(batch_size)
         if bs <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         order = rng.permutation(n) if shuffle else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samediff_py import Graph, masked, mistakes, ops
+from samediff_py import Graph, masked, mistakes, ops, testing
 from samediff_py.masked import AttentionParams, Masked
 from samediff_py.models import Block, Encoder, EncoderConfig
 from samediff_py.testing import PadInvarianceError, assert_pad_invariant, check_pad_invariance
@@ -89,23 +89,27 @@ OPS = {
 }
 
 
-def _assert_all_checks_ran(rep, outputs, loss_name, ks=KS):
-    """The report must hold a comparison for every k, both modes, every output, the loss and the input."""
+def _assert_all_checks_ran(rep, outputs, loss_name, ks=KS, fills=testing.FILLS):
+    """The report must hold a comparison for every k, every filler (NaN, inf, 1e30 included), every output,
+    the loss and the input; and every row alone for the outputs."""
     names = {o.value.name if isinstance(o, Masked) else o.name for o in outputs}
-    for mode, k in [("append", k) for k in ks] + [("fill", 0)]:
+    for mode, k in [("append", k) for k in ks] + [(f"fill:{f}", 0) for f in fills]:
         for n in names:
             assert ("output", mode, k, n) in rep.drift
         assert ("loss", mode, k, loss_name) in rep.drift
         assert ("input-grad", mode, k, "x") in rep.drift
+    for o in outputs:
+        if isinstance(o, Masked):
+            assert ("output", "alone", 0, o.value.name) in rep.drift
     assert any(c == "grad" for c, *_ in rep.drift)
 
 
-@pytest.mark.parametrize("fill", ["random", "huge"])
 @pytest.mark.parametrize("op", list(OPS))
-def test_masked_op_is_pad_invariant(op, fill):
+def test_masked_op_is_pad_invariant(op):
+    """Every filler at padded inputs (random, NaN, +-inf, +-1e30), appended pads, and each row alone."""
     g, x, labels, h = _base()
     outputs, loss = OPS[op](g, h, labels)
-    rep = assert_pad_invariant(g, _feeds(), outputs, loss=loss, grad_inputs=[x], ks=KS, fill=fill)
+    rep = assert_pad_invariant(g, _feeds(), outputs, loss=loss, grad_inputs=[x], ks=KS)
     _assert_all_checks_ran(rep, outputs, loss.name)
     assert rep.max_drift("input-grad") == 0.0
     assert rep.max_drift() <= 1e-5
@@ -146,7 +150,7 @@ def test_encoder_is_pad_invariant(layers, fill):
     assert rep.max_drift("output") < 1e-4
 
 
-@pytest.mark.parametrize("fill", ["random", "huge"])
+@pytest.mark.parametrize("fill", ["nan", 1e30])
 def test_encoder_blocks_input_gradient_is_zero_at_padding(fill):
     g, x, labels, h = _base(seed=3)
     cfg = EncoderConfig(vocab=V, d_model=D, heads=2, d_ff=8, layers=2)
@@ -154,7 +158,7 @@ def test_encoder_blocks_input_gradient_is_zero_at_padding(fill):
         h = Block.create(g, f"block{i}", cfg)(h)
     outputs, loss = _xent(g, h, labels)
     rep = assert_pad_invariant(g, _feeds(2), outputs, loss=loss, grad_inputs=[x], ks=KS, fill=fill, atol=1e-4)
-    _assert_all_checks_ran(rep, outputs, loss.name)
+    _assert_all_checks_ran(rep, outputs, loss.name, fills=(fill,))
     assert rep.max_drift("input-grad") == 0.0
 
 
@@ -223,3 +227,89 @@ def test_pad_invariance_error_names_output_position_and_amount():
     assert f"expected {f.expected:.6g}, got {f.got:.6g}" in msg
     assert f.max_abs_diff == pytest.approx(abs(f.expected - f.got))
     assert f.max_abs_diff > 1e-3 and msg.startswith("NOT pad-invariant")
+
+
+# ------------------------------------------------------------------------------- the checker's own power
+def _raw_graph(build):
+    """A graph whose output is ``build(x placeholder, mask placeholder)`` on the RAW padded input (bypassing
+    Masked, as a user of plain ops would), plus a Masked wrapper so outputs are compared at valid positions."""
+    g = Graph(seed=0)
+    x = g.placeholder("x", ("batch", "time", D))
+    m = masked.mask_placeholder(g, "mask")
+    return g, build(g, x, m)
+
+
+def _x_feeds(seed=0, lengths=(6, 4, 2)):
+    fd = _feeds(seed, lengths)
+    return {"x": fd["x"], "mask": fd["mask"]}
+
+
+def test_alone_mode_catches_an_effect_already_present_with_one_pad():
+    """max over time of x * mask: padding contributes 0 to the max. With all-negative valid values a padded
+    row's max is 0 whatever the number of pads, so padded runs agree with each other (append/fill pass); only
+    the row run alone, unpadded, shows the error."""
+
+    def build(g, x, m):
+        return ops.max(ops.multiply(x, ops.expand_dims(m, -1)), 1)  # [batch, D]: the mistake
+
+    g, out = _raw_graph(build)
+    caught = 0
+    for seed in range(10):
+        fd = _x_feeds(seed, lengths=(5, 4, 2))  # every row padded
+        fd["x"] = -np.abs(fd["x"]) - 0.5  # valid values all negative
+        padded_only = check_pad_invariance(g, fd, [out], modes=("append", "fill"), fills=("random",))
+        assert padded_only.ok  # invisible to padded-vs-padded comparisons
+        alone = check_pad_invariance(g, fd, [out], modes=("alone",))
+        caught += not alone.ok
+        assert {f.mode for f in alone.findings} <= {"alone"}
+    assert caught == 10
+
+
+def test_fill_mode_catches_a_graph_that_reads_a_padded_position():
+    def build(g, x, m):
+        return ops.sum(x[:, 3], -1, keepdims=True)  # position 3 is padding in rows 1 and 2 of _feeds()
+
+    g, out = _raw_graph(build)
+    rep = check_pad_invariance(g, _x_feeds(), [out], modes=("fill",), fills=("random",))
+    assert not rep.ok and {f.mode for f in rep.findings} == {"fill:random"}
+
+
+def _multiplied_mask(g, x, m):
+    """Sum over time of x * mask: right for every finite filler, but NaN * 0 and inf * 0 are NaN."""
+    return ops.sum(ops.multiply(x, ops.expand_dims(m, -1)), 1)
+
+
+def _additive_mask(g, x, m):
+    """Max over time of x + (mask - 1) * 1e9: pushes normal filler below every valid value, not 1e30."""
+    return ops.max(ops.add(x, ops.multiply(ops.subtract(ops.expand_dims(m, -1), 1.0), 1e9)), 1)
+
+
+@pytest.mark.parametrize(
+    "filler, build", [("nan", _multiplied_mask), ("inf", _multiplied_mask), (1e30, _additive_mask)]
+)
+def test_non_finite_and_huge_filler_is_used_and_caught_when_it_leaks(filler, build):
+    """Two classic ways to mask by arithmetic: each is right for ordinary filler and wrong for one of NaN,
+    inf, 1e30. The checker must feed that filler and report the damage at valid outputs."""
+    g, out = _raw_graph(build)
+    assert check_pad_invariance(g, _x_feeds(), [out], modes=("fill",), fills=("random",)).ok
+    rep = check_pad_invariance(g, _x_feeds(), [out], modes=("fill",), fills=(filler,))
+    assert not rep.ok and rep.max_drift() > 1e20
+
+
+def test_left_padding_prepends_pads_and_compares_rows_alone():
+    g = Graph(seed=0)
+    x = g.placeholder("x", ("batch", "time", D))
+    m = masked.mask_placeholder(g, "mask", padding="left")
+    h = masked.dense(Masked(x, m), g.variable("w", shape=(D, D)))
+    outs = [h, masked.mean_pool(h), masked.max_pool(h)]
+    rng = np.random.default_rng(0)
+    fd = {
+        "x": rng.normal(size=(3, 6, D)).astype(np.float32),
+        "mask": masked.mask_from_lengths([6, 4, 2], 6, side="left"),
+    }
+    rep = assert_pad_invariant(g, fd, outs, ks=(1, 5))
+    assert rep.max_drift(mode="alone") <= 1e-6 and ("output", "append", 5, h.value.name) in rep.drift
+    # reading the first time step (a pad in left-padded rows) is caught: prepended pads carry new filler there
+    first = ops.sum(x[:, 0], -1, keepdims=True)
+    bad = check_pad_invariance(g, fd, [first], modes=("append",), ks=(2,))
+    assert not bad.ok

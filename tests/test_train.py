@@ -328,7 +328,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def saveVerified(self, sd, tmp, upd, meta):
+        def writeModel(self, sd, tmp, upd, meta):
             Path(tmp).write_bytes(before[: len(before) // 2])
             raise KeyboardInterrupt
 

@@ -399,12 +399,11 @@ public final class Training {
     }
 
     /**
-     * Writes the model to {@code path} (a temporary file the caller renames into place), appends the
-     * checksum footer, forces it to disk, then reads it back and verifies it: checksum, every variable of
-     * {@code sd} present, and the metadata equal to {@code metaJson}. Any difference throws, so a bad file
-     * never replaces a good checkpoint.
+     * Writes the model to {@code path} (a temporary file the caller renames into place) with the metadata
+     * {@code metaJson}, appends the checksum footer and forces it to disk. The caller then runs
+     * {@link #verifyModel} before the rename.
      */
-    public static void saveVerified(SameDiff sd, String path, boolean updaterState, String metaJson)
+    public static void writeModel(SameDiff sd, String path, boolean updaterState, String metaJson)
             throws IOException {
         setMeta(sd, metaJson);
         File f = new File(path);
@@ -414,6 +413,8 @@ public final class Training {
         List<String> hooks = releaseDuringTraining(c);
         try {
             sd.save(f, updaterState);
+        } catch (RuntimeException e) {  // M2.1 wraps the IOException (disk full...): give the OS's reason
+            throw new IOException(rootMessage(e), e);
         } finally {
             for (String h : hooks) requireDuringTraining(c, h);
         }
@@ -425,7 +426,13 @@ public final class Training {
             while (footer.hasRemaining()) ch.write(footer);
             ch.force(true);
         }
-        verify(sd, f, metaJson);
+    }
+
+    /** "outer message: ... : root cause message" without repeating wrappers' own text. */
+    static String rootMessage(Throwable t) {
+        Throwable root = t;
+        while (root.getCause() != null && root.getCause() != root) root = root.getCause();
+        return root == t ? String.valueOf(t.getMessage()) : t.getMessage() + ": " + root;
     }
 
     static long crc(byte[] bytes, int length) {
@@ -462,7 +469,7 @@ public final class Training {
             FlatGraph fg = FlatGraph.getRootAsFlatGraph(bb.duplicate());
             for (int i = 0; i < fg.variablesLength() && !ours; i++) ours = META.equals(fg.variables(i).name());
         } catch (RuntimeException e) {
-            throw new IOException("not a SameDiff model (unreadable FlatBuffers: " + e + ")", e);
+            throw new IOException("corrupt or not a SameDiff model (unreadable FlatBuffers: " + e + ")", e);
         }
         if (ours) {
             throw new IOException("corrupt: a samediff_py checkpoint without its checksum footer (truncated?)");
@@ -470,9 +477,12 @@ public final class Training {
         return bb;
     }
 
-    /** Re-reads a written file without building a graph: checksum, variable names, metadata. */
-    static void verify(SameDiff sd, File f, String metaJson) throws IOException {
-        ByteBuffer bb = payload(f);
+    /**
+     * Re-reads a written file without building a graph: checksum, every variable of {@code sd} present, and
+     * the metadata equal to {@code metaJson}. Any difference throws, so a bad file never replaces a good one.
+     */
+    public static void verifyModel(SameDiff sd, String path, String metaJson) throws IOException {
+        ByteBuffer bb = payload(new File(path));
         FlatGraph fg = FlatGraph.getRootAsFlatGraph(bb);
         Set<String> names = new HashSet<>();
         String meta = null;
