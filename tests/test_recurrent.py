@@ -37,10 +37,10 @@ def _layer(kind, side, bi, dtype=np.float64, seed=1, max_len=7, allow_empty=True
     x = g.placeholder("x", ("batch", "time", D))
     m = masked.mask_placeholder(g, "mask", padding=side, allow_empty_rows=allow_empty)
     rng = np.random.default_rng(seed + 10)
-    if kind == "lstm":
+    if kind.startswith("lstm"):
         p = LSTMParams.create(g, "p", D, N, bidirectional=bi)
         g.set_value(p.b, rng.normal(size=p.b.shape))
-        out = masked.lstm(Masked(x, m), p, name="rnn")
+        out = masked.lstm(Masked(x, m), p, name="rnn", method="lengths" if kind == "lstm_lengths" else "gates")
         weights = [g.get_value(v) for v in (p.wx, p.wr, p.b)]
     else:
         p = GRUParams.create(g, "p", D, N, bidirectional=bi)
@@ -55,7 +55,12 @@ def _outputs(out):
     return [out.outputs.value, out.last_h] + ([out.last_c] if out.last_c is not None else [])
 
 
-CASES = [(k, s, bi) for k in ("lstm", "gru") for s in ("right", "left") for bi in (False, True)]
+# lstm: method="gates" (the default); lstm_lengths: method="lengths" (libnd4j's sequence-length input)
+CASES = [(k, s, bi) for k in ("lstm", "lstm_lengths", "gru") for s in ("right", "left") for bi in (False, True)]
+
+
+def _ref_kind(kind):
+    return "lstm" if kind.startswith("lstm") else kind
 
 
 # ============================================================================ forward vs numpy
@@ -64,7 +69,7 @@ def test_matches_numpy_reference(kind, side, bi):
     g, out, p, w = _layer(kind, side, bi)
     xs, ms = _feeds(side)
     got = g.run({"x": xs, "mask": ms}, _outputs(out))
-    ref = R.masked_rnn(kind, np.nan_to_num(xs), ms, w, bi)
+    ref = R.masked_rnn(_ref_kind(kind), np.nan_to_num(xs), ms, w, bi)
     width = 2 * N if bi else N
     assert got[0].shape == (4, T, width) and got[1].shape == (4, width)
     for a, b in zip(got, ref):
@@ -176,12 +181,13 @@ def test_gradients_match_finite_differences(kind, side, bi):
     loss, cs = _weighted_loss(g, outs, rng)
     xs, ms = _feeds(side)
     x0 = np.nan_to_num(xs)
-    names = ["wx", "wr", "b"] if kind == "lstm" else ["wx", "wh", "b", "bh"]
+    names = ["wx", "wr", "b"] if kind.startswith("lstm") else ["wx", "wh", "b", "bh"]
     params = [getattr(p, n) for n in names]
     grads = g.gradients({"x": xs, "mask": ms}, loss, [g["x"], *params])
 
     def ref_loss(x, weights):
-        return sum(float((r * c).sum()) for r, c in zip(R.masked_rnn(kind, x, ms, weights, bi), cs) if r is not None)
+        refs = R.masked_rnn(_ref_kind(kind), x, ms, weights, bi)
+        return sum(float((r * c).sum()) for r, c in zip(refs, cs) if r is not None)
 
     gx = grads["x"]
     assert np.isfinite(gx).all()
@@ -200,7 +206,7 @@ def test_gradients_match_finite_differences(kind, side, bi):
         assert gx[i] == pytest.approx(num[i], rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "lstm_lengths", "gru"])
 def test_fully_padded_batch_gives_zeros_and_zero_gradients(kind):
     g, out, p, _ = _layer(kind, "right", True)
     loss, _ = _weighted_loss(g, _outputs(out), np.random.default_rng(6))

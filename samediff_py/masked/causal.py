@@ -11,7 +11,8 @@ once (batched ``[batch, heads, time, head_size]`` products):
 Rows are shifted by their maximum before the softmax: a padded query of a left-padded row has no allowed
 key, and M2.1's float64 softmax over the last axis returns NaN for rows whose entries are all below about
 -745 (float32 is unaffected); shifted, no row is. Outputs and weight rows at padded queries are then set to
-0 (a select), so a fully padded row gives zeros with zero gradients.
+0 (a row gather, :func:`~samediff_py.masked.rows.mask_rows`, and a select for the weights), so a fully padded
+row gives zeros with zero gradients.
 
 Pad-invariant for right AND left padding (positions are compared by index, and padded keys get exactly 0
 weight). Weights use the same parameters as :func:`~samediff_py.masked.multi_head_attention`
@@ -28,6 +29,7 @@ import numpy as np
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Var
+from .rows import zero_padding
 from .value import Masked, require_masked, valid_condition
 
 __all__ = ["causal_attention", "causal_allowed"]
@@ -129,7 +131,7 @@ def causal_attention(
     full = g.unique_name("causal_attention", name)
     stem = full.split("/")[-1]
     with g.scope(stem):
-        x = query.zeroed()
+        x = zero_padding(query.value, mask)
 
         def project(w: Var, bias_attr: str, label: str) -> Var:
             y = ops.matmul(x, _as_matrix(w))
@@ -151,9 +153,7 @@ def causal_attention(
         bo = getattr(params, "bo", None)
         if bo is not None:
             out = ops.add(out, bo)
-        keep = valid_condition(mask, out)
-        zeros = ops.zeros_like(out)
-    result = Masked.derived(ops.where(keep, out, zeros, name=stem, same_shape=True), mask)
+    result = Masked.derived(zero_padding(out, mask, name=stem), mask)
     if not return_weights:
         return result
     with g.scope(stem):

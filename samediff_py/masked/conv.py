@@ -1,11 +1,11 @@
 """Masked 1-d convolution over time: ``[batch, time, channels]``, stride 1.
 
 A valid position next to padding must see exactly what it would see in the row alone, truncated, where the
-convolution's own zero padding lies past the row's ends. So the input's padded positions are SELECTED to zero
-before the convolution (whatever they held: NaN, inf, a previous layer's output there), and the output's padded
-positions are selected to zero after it. Both right and left padding are then pad-invariant, for ``"same"`` and
-``"causal"`` padding and any dilation (a stack of layers too: each one zeroes its input again). Stride > 1 is
-not offered: left padding would shift the stride phase.
+convolution's own zero padding lies past the row's ends. So the input's padded positions are set to exactly zero
+before the convolution (whatever they held: NaN, inf, a previous layer's output there; a select, never a
+multiplication by the mask), and the output's padded positions after it. Both right and left padding are then
+pad-invariant, for ``"same"`` and ``"causal"`` padding and any dilation (a stack of layers too: each one zeroes
+its input again). Stride > 1 is not offered: left padding would shift the stride phase.
 
 =========  ========================================================================================
 padding    definition (k = kernel width, d = dilation; zeros outside each row's valid steps)
@@ -15,7 +15,10 @@ padding    definition (k = kernel width, d = dilation; zeros outside each row's 
 ``causal`` ``left = (k-1)*d``: ``y[t]`` reads only steps ``<= t``
 =========  ========================================================================================
 
-Computed by DL4J's ``conv1d`` (NWC layout, weights ``[k, in, out]``, M2.1's ``SAME`` / ``CAUSAL`` modes).
+Weights ``[k, in, out]`` (DL4J's ``conv1d`` layout). Computed as one matrix product of the k shifted copies of
+the input side by side (``[batch, time, k * in] @ [k * in, out]``): the same numbers as DL4J's ``conv1d`` in
+``SAME`` / ``CAUSAL`` mode (tests/test_sequence_ops.py), whose backward pass is ~15x slower in M2.1. Padding is
+zeroed by :func:`~samediff_py.masked.rows.mask_rows` (a row gather; M2.1's element-wise select is ~200x slower).
 
 >>> import numpy as np
 >>> from samediff_py import Graph, masked
@@ -30,12 +33,14 @@ array([3., 7., 6., 0.], dtype=float32)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from .. import _jvm, ops
+from .. import _jvm
 from ..errors import MaskError
 from ..graph import Var
-from .value import Masked, require_masked, valid_condition
+from .rows import zero_padding
+from .value import Masked, require_masked
 
 __all__ = ["conv1d"]
 
@@ -49,6 +54,7 @@ def conv1d(
     *,
     dilation: int = 1,
     padding: str = "same",
+    activation: Callable[[Var], Var] | None = None,
     name: str | None = None,
 ) -> Masked:
     """Masked 1-d convolution (cross-correlation) over time, stride 1 (see the module docstring).
@@ -58,6 +64,8 @@ def conv1d(
         w: ``[k, in, out]`` kernel; ``b``: optional ``[out]`` bias.
         dilation: spacing between kernel taps (>= 1).
         padding: ``"same"`` (centred window) or ``"causal"`` (only past and present steps).
+        activation: optional per-position function applied before the padded positions are zeroed (so a
+            stack of layers zeroes once per layer).
         name: name of the output node.
 
     Returns:
@@ -81,14 +89,18 @@ def conv1d(
     g = x.graph
     full = g.unique_name("conv1d", name)
     stem = full.split("/")[-1]
+    total = (k - 1) * int(dilation)
+    left = total if padding == "causal" else total // 2
     with g.scope(stem):
-        xin = x.zeroed()  # padded steps are exactly 0: the conv's own zero padding, seen from a truncated row
+        xin = zero_padding(x.value, x.mask)  # padded steps exactly 0: what a truncated row sees past its ends
 
         def build(n: str) -> Any:
-            seq = _jvm.jclass("samediffpy.Sequences")
-            return seq.conv1d(g.sd, n, xin.j, w.j, b.j if b is not None else None, k, int(dilation), _MODES[padding])
+            return _jvm.jclass("samediffpy.Sequences").conv1dMatmul(
+                g.sd, n, xin.j, w.j, b.j if b is not None else None, k, int(dilation), left, total - left, c_in, c_out
+            )
 
         parents = (xin, w) if b is None else (xin, w, b)
-        raw = g.op("conv", "raw", build, (x.value.shape[0], x.value.shape[1], c_out), x.dtype, parents)
-        keep, zeros = valid_condition(x.mask, raw), ops.zeros_like(raw)
-    return Masked.derived(ops.where(keep, raw, zeros, name=stem, same_shape=True), x.mask)
+        y = g.op("conv", "raw", build, (x.value.shape[0], x.value.shape[1], c_out), x.dtype, parents)
+        if activation is not None:
+            y = activation(y)
+    return Masked.derived(zero_padding(y, x.mask, name=stem), x.mask)
