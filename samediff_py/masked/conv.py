@@ -15,10 +15,11 @@ padding    definition (k = kernel width, d = dilation; zeros outside each row's 
 ``causal`` ``left = (k-1)*d``: ``y[t]`` reads only steps ``<= t``
 =========  ========================================================================================
 
-Weights ``[k, in, out]`` (DL4J's ``conv1d`` layout). Computed as one matrix product of the k shifted copies of
-the input side by side (``[batch, time, k * in] @ [k * in, out]``): the same numbers as DL4J's ``conv1d`` in
-``SAME`` / ``CAUSAL`` mode (tests/test_sequence_ops.py), whose backward pass is ~15x slower in M2.1. Padding is
-zeroed by :func:`~samediff_py.masked.rows.mask_rows` (a row gather; M2.1's element-wise select is ~200x slower).
+Weights ``[k, in, out]`` (DL4J's ``conv1d`` layout). Computed as ONE row gather and ONE matrix product: for each
+position the rows of its k taps (a zero row for taps on padding or outside the row) side by side,
+``[positions, k * in] @ [k * in, out]``. The same numbers as DL4J's ``conv1d`` in ``SAME`` / ``CAUSAL`` mode
+(tests/test_sequence_ops.py), whose backward pass is ~15x slower in M2.1, with no select (M2.1's select op works
+element by element, ~200x slower than a gather) and ~6 SameDiff ops per layer in a stack.
 
 >>> import numpy as np
 >>> from samediff_py import Graph, masked
@@ -34,12 +35,11 @@ array([3., 7., 6., 0.], dtype=float32)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from .. import _jvm
+from .. import ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import zero_padding
+from .rows import flat_rows, gather_rows, mark_zero_padded, record_flat, row_index, tap_index, unflatten
 from .value import Masked, require_masked
 
 __all__ = ["conv1d"]
@@ -64,8 +64,8 @@ def conv1d(
         w: ``[k, in, out]`` kernel; ``b``: optional ``[out]`` bias.
         dilation: spacing between kernel taps (>= 1).
         padding: ``"same"`` (centred window) or ``"causal"`` (only past and present steps).
-        activation: optional per-position function applied before the padded positions are zeroed (so a
-            stack of layers zeroes once per layer).
+        activation: optional elementwise (or per-row) function, applied to the ``[positions, out]`` rows
+            before the padded positions are zeroed.
         name: name of the output node.
 
     Returns:
@@ -92,15 +92,16 @@ def conv1d(
     total = (k - 1) * int(dilation)
     left = total if padding == "causal" else total // 2
     with g.scope(stem):
-        xin = zero_padding(x.value, x.mask)  # padded steps exactly 0: what a truncated row sees past its ends
-
-        def build(n: str) -> Any:
-            return _jvm.jclass("samediffpy.Sequences").conv1dMatmul(
-                g.sd, n, xin.j, w.j, b.j if b is not None else None, k, int(dilation), left, total - left, c_in, c_out
-            )
-
-        parents = (xin, w) if b is None else (xin, w, b)
-        y = g.op("conv", "raw", build, (x.value.shape[0], x.value.shape[1], c_out), x.dtype, parents)
+        # every tap of every position, padded steps and steps outside the row reading a zero row: the input's
+        # padding is never read, whatever it holds (one gather, no select, no multiplication by the mask)
+        taps = tap_index(x.mask, k, int(dilation), left, total - left)
+        cols = ops.reshape(gather_rows(flat_rows(x.value, x.mask), taps), (-1, k * c_in))  # [B*T, k*in]
+        y = ops.matmul(cols, ops.reshape(w, (k * c_in, c_out)))  # [B*T, out]
+        if b is not None:
+            y = ops.add(y, b)
         if activation is not None:
             y = activation(y)
-    return Masked.derived(zero_padding(y, x.mask, name=stem), x.mask)
+        flat = gather_rows(y, row_index(x.mask))  # exactly 0 at padded positions
+    out = unflatten(flat, x.mask, (c_out,), name=stem)
+    # the next masked conv reads y's rows directly (its taps never read padded rows)
+    return Masked.derived(mark_zero_padded(record_flat(out, x.mask, y), x.mask), x.mask)

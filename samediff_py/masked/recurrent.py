@@ -57,7 +57,7 @@ import numpy as np
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Graph, Var
-from .rows import zero_padding
+from .rows import mark_zero_padded, zero_padding
 from .value import Masked, mask_padding, require_masked
 
 __all__ = ["GRUParams", "LSTMParams", "RecurrentOutput", "gru", "lstm"]
@@ -371,7 +371,7 @@ def lstm(x: Masked, params: LSTMParams, *, name: str | None = None, method: str 
             back = reverse_valid(raw, lengths, name="back")
     if side == "left":
         h = reverse_time(back, name=stem)
-    return RecurrentOutput(Masked.derived(h, x.mask), hl, cl)
+    return RecurrentOutput(Masked.derived(mark_zero_padded(h, x.mask), x.mask), hl, cl)  # the op writes 0 there
 
 
 # ============================================================================ GRU
@@ -455,4 +455,4 @@ def gru(x: Masked, params: GRUParams, *, max_len: int, name: str | None = None) 
         h = g.op("gru", stem, build, (b_, t_, n), x.dtype, parents)
         with g.scope(stem):
             last = _extra_output(g, "last_h", built["outs"][1], (b_, n), x.dtype, h)
-    return RecurrentOutput(Masked.derived(h, x.mask), last)
+    return RecurrentOutput(Masked.derived(mark_zero_padded(h, x.mask), x.mask), last)  # selected in the graph

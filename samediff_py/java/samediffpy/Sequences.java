@@ -348,27 +348,75 @@ public final class Sequences {
     }
 
     /**
-     * {@code x} at valid positions, exactly 0 at padded ones, for {@code x [B, T, F...]} and {@code mask [B, T]}
-     * (float 0/1): a row gather from {@code [rows of x; one zero row]}, padded positions reading the zero row.
-     * The same result as {@code select(mask, x, 0)} (NaN/inf at padding never read; no gradient into padding:
-     * the gather's scatter-add gradient sends padded rows' gradients to the zero row, which is dropped), and
-     * several times faster in M2.1, whose select op reads and writes element by element. {@code rowSize} =
-     * the product of F... (static).
+     * The row index for {@link #maskRows}: {@code [B*T]} int, each valid position's own row ({@code b*T + t}),
+     * {@code B*T} (one past the last row: the zero row) for padded positions. mask {@code [B, T]} float 0/1.
      */
-    public static SDVariable maskRows(SameDiff sd, String name, SDVariable x, SDVariable mask, long rowSize) {
-        SDVariable shape = sd.shape(x);
-        SDVariable flat = sd.reshape(x, -1, rowSize);                                  // [N, F]
-        SDVariable zeroRow = sd.zerosLike(sd.stridedSlice(flat, new long[]{0, 0}, new long[]{1, 0},
-                new long[]{1, 1}, 0, 2, 0, 0, 0));                                      // [1, F]
-        SDVariable table = sd.concat(0, flat, zeroRow);                                // [N + 1, F]
+    public static SDVariable maskRowIndex(SameDiff sd, String name, SDVariable mask) {
         SDVariable m = sd.castTo(sd.reshape(mask, -1), DataType.INT);                  // [N], 0/1
         SDVariable count = sd.castTo(sd.sizeAt(m, 0), DataType.INT);
         SDVariable pos = sd.range(sd.constant(Nd4j.scalar(DataType.INT, 0)), count,
                 sd.constant(Nd4j.scalar(DataType.INT, 1)), DataType.INT);              // 0 .. N-1
-        // valid: its own row; padding: row N (the zero row)
-        SDVariable idx = pos.mul(m).add(count.mul(m.rsub(1)));
-        SDVariable rows = new FixedOps.FixedGather(sd, table, idx, 0).outputVariable();
-        return sd.reshape(name, rows, shape);
+        return sd.updateVariableNameAndReference(pos.mul(m).add(count.mul(m.rsub(1))), name);
+    }
+
+    /**
+     * {@code x} at valid positions, exactly 0 at padded ones, for {@code x [B, T, F...]}: a row gather from
+     * {@code [rows of x; one zero row]} with {@link #maskRowIndex}, padded positions reading the zero row. The
+     * same result as {@code select(mask, x, 0)} (NaN/inf at padding never read; no gradient into padding: the
+     * gather's scatter-add gradient sends padded rows' gradients to the zero row, which is dropped), and far
+     * faster in M2.1, whose select op reads and writes element by element. {@code rowSize} = prod(F...), static.
+     */
+    public static SDVariable maskRows(SameDiff sd, String name, SDVariable x, SDVariable index, long rowSize) {
+        SDVariable flat = sd.reshape(x, -1, rowSize);                                  // [N, F]
+        SDVariable zeroRow = sd.zerosLike(sd.stridedSlice(flat, new long[]{0, 0}, new long[]{1, 0},
+                new long[]{1, 1}, 0, 2, 0, 0, 0));                                      // [1, F]
+        SDVariable table = sd.concat(0, flat, zeroRow);                                // [N + 1, F]
+        SDVariable rows = new FixedOps.FixedGather(sd, table, index, 0).outputVariable();
+        return sd.reshape(name, rows, sd.shape(x));
+    }
+
+    /**
+     * The tap index of a masked 1-d convolution ({@code [B*T*k]} int) for {@link #gatherRows}: for position
+     * {@code (b, t)} and tap {@code j}, the row {@code b*T + s} of step {@code s = t + j*d - left} if that step
+     * lies in the sequence and is valid, else {@code B*T} (the zero row). Padded steps are thereby never read:
+     * a valid step next to padding sees zeros, exactly as the row alone, truncated, sees the convolution's own
+     * zero padding. mask {@code [B, T]} float 0/1.
+     */
+    public static SDVariable convTapIndex(SameDiff sd, String name, SDVariable mask, int k, int dilation, int left,
+                                          int right) {
+        SDVariable b = sd.castTo(sd.sizeAt(mask, 0), DataType.INT);
+        SDVariable t = sd.castTo(sd.sizeAt(mask, 1), DataType.INT);
+        SDVariable n = b.mul(t);
+        SDVariable zero = sd.constant(Nd4j.scalar(DataType.INT, 0));
+        SDVariable one = sd.constant(Nd4j.scalar(DataType.INT, 1));
+        SDVariable rowStart = sd.expandDims(sd.range(zero, n, t, DataType.INT), 1);       // [B, 1]: b*T
+        SDVariable steps = sd.expandDims(sd.range(zero, t, one, DataType.INT), 0);        // [1, T]
+        SDVariable base = rowStart.add(steps);                                             // [B, T]: b*T + t
+        SDVariable mp = sd.nn().pad(mask, sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {left, right}})), 0.0);
+        SDVariable size = sd.concat(0, sd.constant(Nd4j.createFromArray(new int[]{-1})), sd.reshape(t, 1));
+        SDVariable[] taps = new SDVariable[k];
+        for (int j = 0; j < k; j++) {
+            SDVariable ms = sd.castTo(sd.slice(mp, sd.constant(Nd4j.createFromArray(new int[]{0, j * dilation})),
+                    size), DataType.INT);                                                  // valid(t + j*d - left)
+            SDVariable rid = base.add(j * dilation - left);
+            taps[j] = rid.mul(ms).add(n.mul(ms.rsub(1)));
+        }
+        return sd.reshape(name, sd.stack(2, taps), -1);                                    // [B*T*k]
+    }
+
+    /** {@code [rows of flat; one zero row][index]}: rows by index, {@code index == rows} reading zeros. */
+    public static SDVariable gatherRows(SameDiff sd, String name, SDVariable flat, SDVariable index,
+                                        SDVariable zeroRow) {
+        SDVariable table = sd.concat(0, flat, zeroRow);
+        SDVariable out = new FixedOps.FixedGather(sd, table, index, 0).outputVariable();
+        return sd.updateVariableNameAndReference(out, name);
+    }
+
+    /** {@code flat [B*T, F...] -> [B, T, F...]} with B and T taken from the mask at run time. */
+    public static SDVariable unflatten(SameDiff sd, String name, SDVariable flat, SDVariable mask, long[] rest) {
+        SDVariable lead = sd.shape(mask);
+        SDVariable tail = sd.constant(Nd4j.createFromArray(rest).castTo(lead.dataType()));
+        return sd.reshape(name, flat, sd.concat(0, lead, tail));
     }
 
     /** {@code [B, T, H*hs] -> [B, H, T, hs]} (B and T known at run time only). */
