@@ -5,14 +5,18 @@ run, bench/torch_recurrent.py) take turns, ``steps`` timed training steps each, 
 medians over all rounds and the ratio is samediff_py / PyTorch (> 1: PyTorch is faster). Both sides train the
 same architecture on the same right-padded batch (lengths uniform in ``[time / 2, time]``), Adam, float32:
 
-- **lstm**: ``masked.lstm`` (libnd4j ``lstmLayer`` with lengths, FixedLstm gradient) vs ``nn.LSTM`` over
+- **lstm**: ``masked.lstm`` (libnd4j ``lstmLayer``, padding kept out by saturated gates) vs ``nn.LSTM`` over
   ``pack_padded_sequence``; masked mean over time, a linear head, mean squared error;
-- **conv**: three ``masked.conv1d`` (kernel 3, 'same', each zeroing its input's padding) with ReLU vs three
+- **lstm_lengths**: the same with ``method="lengths"`` (the op's own sequence-length input), timed against the same
+  PyTorch LSTM;
+- **conv**: three ``masked.conv1d`` (kernel 3, 'same', ReLU; a tap gather + a matmul each) vs three
   ``nn.Conv1d`` on ``x * mask``; masked mean over time, a linear head, mean squared error.
 
 A samediff_py step is ``Trainer.step`` (feeds checked, forward, gradients, finiteness check, Adam update).
 
-    python bench/bench_recurrent.py [--quick] [--no-torch] [--json FILE]
+    python bench/bench_recurrent.py [--quick] [--size full|small] [--no-torch] [--json FILE]
+
+Sizes: full = batch 32, time 128, width 128, LSTM hidden 128; small = batch 16, time 64, width 64, hidden 128.
 
 PyTorch: build/bench-venv/bin/python, else /work/main/build/hf-venv/bin/python, or $SAMEDIFF_PY_TORCH_PYTHON.
 """
@@ -37,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 from samediff_py import Graph, masked, ops, train  # noqa: E402
 from samediff_py.masked import Masked  # noqa: E402
 
-FULL = {"batch": 16, "time": 64, "width": 64, "hidden": 128, "out": 8, "rounds": 5, "steps": 5, "warmup": 3}
+FULL = {"batch": 32, "time": 128, "width": 128, "hidden": 128, "out": 8, "rounds": 4, "steps": 3, "warmup": 2}
+SMALL = {"batch": 16, "time": 64, "width": 64, "hidden": 128, "out": 8, "rounds": 5, "steps": 5, "warmup": 3}
 QUICK = {"batch": 4, "time": 16, "width": 8, "hidden": 8, "out": 2, "rounds": 2, "steps": 2, "warmup": 1}
 
 
@@ -70,8 +75,9 @@ def build(case: str, cfg: dict) -> tuple[Graph, train.Trainer]:
     y = g.placeholder("y", ("batch", cfg["out"]))
     m = masked.mask_placeholder(g, "mask")
     h = Masked(x, m)
-    if case == "lstm":
-        h = masked.lstm(h, masked.LSTMParams.create(g, "lstm", cfg["width"], cfg["hidden"])).outputs
+    if case.startswith("lstm"):
+        method = "lengths" if case == "lstm_lengths" else "gates"
+        h = masked.lstm(h, masked.LSTMParams.create(g, "lstm", cfg["width"], cfg["hidden"]), method=method).outputs
         width = cfg["hidden"]
     else:
         for i in range(3):
@@ -105,10 +111,11 @@ class TorchWorker:
         self.p.wait(timeout=60)
 
 
-def main(quick: bool = False, torch: bool = True) -> dict:
-    cfg = dict(QUICK if quick else FULL)
+def main(quick: bool = False, torch: bool = True, size: str = "full") -> dict:
+    cfg = dict(QUICK if quick else SMALL if size == "small" else FULL)
     feeds = batch(cfg)
-    cases = ("lstm", "conv")
+    cases = ("lstm", "lstm_lengths", "conv")
+    twin = {"lstm": "lstm", "lstm_lengths": "lstm", "conv": "conv"}  # the PyTorch model each case is timed against
     sd = {c: build(c, cfg) for c in cases}
     tpy = torch_python() if torch else None
     times: dict[str, dict[str, list[float]]] = {c: {"samediff_py": [], "pytorch": []} for c in cases}
@@ -121,7 +128,7 @@ def main(quick: bool = False, torch: bool = True) -> dict:
                 for _ in range(cfg["warmup"]):
                     sd[c][1].step(feeds)
                 if worker:
-                    worker.steps(c, cfg["warmup"])
+                    worker.steps(twin[c], cfg["warmup"])
             for _ in range(cfg["rounds"]):
                 for c in cases:
                     trainer = sd[c][1]
@@ -130,7 +137,7 @@ def main(quick: bool = False, torch: bool = True) -> dict:
                         trainer.step(feeds)
                         times[c]["samediff_py"].append((time.perf_counter() - t0) * 1e3)
                     if worker:
-                        times[c]["pytorch"] += worker.steps(c, cfg["steps"])
+                        times[c]["pytorch"] += worker.steps(twin[c], cfg["steps"])
         finally:
             if worker:
                 worker.close()
@@ -153,7 +160,8 @@ def report(res: dict) -> str:
         "| case | samediff_py | PyTorch | ratio |",
         "|---|---:|---:|---:|",
     ]
-    for c, what in (("lstm", "masked LSTM (lstmLayer + lengths) vs nn.LSTM + pack_padded_sequence"),
+    for c, what in (("lstm", "masked LSTM (lstmLayer, method='gates', the default) vs nn.LSTM + packed sequence"),
+                    ("lstm_lengths", "masked LSTM (lstmLayer, method='lengths': its sequence lengths) vs the same"),
                     ("conv", "masked conv1d x3 vs nn.Conv1d x3 (x * mask)")):  # fmt: skip
         r = res[c]
         pt = f"{r['pytorch']:.1f}" if "pytorch" in r else "not run"
@@ -166,9 +174,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--size", choices=["full", "small"], default="full", help="small: batch 16, time 64, width 64")
     ap.add_argument("--json", help="write the result here")
     a = ap.parse_args()
-    out = main(a.quick, torch=not a.no_torch)
+    out = main(a.quick, torch=not a.no_torch, size=a.size)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     print(report(out))
