@@ -1,9 +1,12 @@
 """The JVM room: the only module that imports ``jnius``.
 
 The JVM starts lazily, once per process, the first time something asks for a Java class. Its classpath is
-every jar in ``jars/`` plus the compiled bridge (``jars/classes``); options come from the environment:
+every jar of the backend folder plus the compiled bridge (``<folder>/classes``). The backend folder is the
+first of: ``SAMEDIFF_PY_JARS``; ``jars/`` beside the package (a source checkout, filled by ``./dev setup``);
+the per-user cache ``~/.cache/samediff_py/<nd4j version>/<classifier>`` (filled by ``samediff-py fetch``).
+Options come from the environment:
 
-- ``SAMEDIFF_PY_JARS``: the jar folder (default: ``jars/`` beside the package, i.e. the repository's).
+- ``SAMEDIFF_PY_JARS``: the backend folder (see above).
 - ``SAMEDIFF_PY_HEAP``: maximum heap, e.g. ``4g`` (default ``4g``); nd4j keeps arrays off-heap, so
   ``SAMEDIFF_PY_OFFHEAP`` (default: half the RAM, at most ``16g``) bounds that (javacpp's ``maxbytes``).
 - ``SAMEDIFF_PY_JVM_OPTS``: further options, split on whitespace.
@@ -31,21 +34,71 @@ from .errors import BackendMissing, JavaError
 
 __all__ = ["BackendMissing", "JavaError", "bridge", "dtype_enum", "java_errors", "jclass", "started"]
 
-FETCH_COMMAND = "gradle -q fetchJars   (run in the samediff_py repository; or: ./dev setup)"
+ND4J_VERSION = "1.0.0-M2.1"  # pinned: the attention mask formula changed upstream after M2.1
+FETCH_COMMAND = "samediff-py fetch   (in a source checkout: ./dev setup)"
+
+
+def cache_root() -> Path:
+    """Where ``samediff-py fetch`` puts backends: ``$XDG_CACHE_HOME/samediff_py`` (``~/.cache/samediff_py``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "samediff_py"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def preferred_classifier() -> str:
+    """nd4j's native build for this CPU, as build.gradle picks it: ``-avx2`` with AVX2 + FMA, else generic."""
+    return "linux-x86_64-avx2" if _CLASSIFIER_NEEDS["avx2"] <= cpu_flags() else "linux-x86_64"
+
+
+def _has_backend(folder: Path) -> bool:
+    return any("nd4j-native" in p.name for p in folder.glob("*.jar"))
+
+
+def jar_candidates() -> list[tuple[str, Path]]:
+    """Every place the backend is looked for, in order, with why it is a candidate."""
+    out: list[tuple[str, Path]] = []
+    env = os.environ.get("SAMEDIFF_PY_JARS")
+    if env:
+        out.append(("SAMEDIFF_PY_JARS", Path(env)))
+    out.append(("source checkout", Path(__file__).resolve().parent.parent / "jars"))
+    versions = cache_root() / ND4J_VERSION
+    out.append(("user cache", versions / preferred_classifier()))
+    if versions.is_dir():
+        out += [("user cache", d) for d in sorted(versions.iterdir()) if d.name != preferred_classifier()]
+    return out
 
 
 def jar_dir() -> Path:
-    env = os.environ.get("SAMEDIFF_PY_JARS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "jars"
+    """The backend folder in use: ``SAMEDIFF_PY_JARS`` if set (even if empty: an explicit choice), else the
+    first candidate that holds the nd4j jars, else the per-user cache folder ``samediff-py fetch`` fills."""
+    candidates = jar_candidates()
+    if os.environ.get("SAMEDIFF_PY_JARS"):
+        return candidates[0][1]
+    for _why, folder in candidates:
+        if _has_backend(folder):
+            return folder
+    return cache_root() / ND4J_VERSION / preferred_classifier()
 
 
 def _classpath() -> list[str]:
     jars = jar_dir()
     found = sorted(str(p) for p in jars.glob("*.jar"))
     if not any("nd4j-native" in Path(p).name for p in found):
+        looked = "\n".join(f"    {why}: {folder}" for why, folder in jar_candidates())
         raise BackendMissing(
-            f"no nd4j jars in {jars}. Fetch them with:\n    {FETCH_COMMAND}\n"
-            "or point SAMEDIFF_PY_JARS at a folder that holds them."
+            f"no nd4j backend found; looked in:\n{looked}\nFetch it (needs a JDK 11+ and Gradle) with:\n"
+            f"    {FETCH_COMMAND}\nor point SAMEDIFF_PY_JARS at a folder that holds it. `samediff-py doctor` "
+            "checks everything."
         )
     classes = jars / "classes"
     if not (classes / "samediffpy" / "Bridge.class").exists():
@@ -60,25 +113,28 @@ _CLASSIFIER_NEEDS = {"avx2": {"avx2", "fma"}, "avx512": {"avx512f", "avx512bw", 
 
 def _check_cpu(jars: Path) -> None:
     """Refuse jars fetched for a CPU with instructions this one lacks (e.g. a jars/ copied between machines)."""
+    problem = classifier_problem(jars)
+    if problem:
+        raise BackendMissing(problem)
+
+
+def classifier_problem(jars: Path) -> str | None:
+    """Why the jars in ``jars`` cannot run on this CPU (instructions it lacks), or None."""
     tag = jars / "CLASSIFIER"
-    cpuinfo = Path("/proc/cpuinfo")
-    if not tag.exists() or not cpuinfo.exists():
-        return
+    flags = cpu_flags()
+    if not tag.exists() or not flags:
+        return None
     classifier = tag.read_text().strip()
-    flags: set[str] = set()
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
     for key, needs in _CLASSIFIER_NEEDS.items():
-        if key in classifier and flags and not needs <= flags:
-            raise BackendMissing(
+        if key in classifier and not needs <= flags:
+            return (
                 f"{jars} holds nd4j's {classifier} build, but this CPU lacks {sorted(needs - flags)}: it would "
-                f"crash. Fetch the generic build:\n    gradle -q fetchJars -Pnd4jClassifier=linux-x86_64"
+                "crash. Fetch the generic build:\n    samediff-py fetch --classifier linux-x86_64"
             )
+    return None
 
 
-def _default_offheap() -> str:
+def default_offheap() -> str:
     """Half the physical memory, at most 16 GiB: javacpp only forces a GC to free native arrays near this
     limit, so it must sit below what the machine has."""
     try:
@@ -115,7 +171,7 @@ def _jnius() -> Any:
         threads = os.environ.get("SAMEDIFF_PY_THREADS") or os.environ.get("OMP_NUM_THREADS") or "1"
         os.environ["OMP_NUM_THREADS"] = threads
         heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
-        offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP") or _default_offheap()
+        offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP") or default_offheap()
         jnius_config.add_options(
             # -Xrs: the JVM installs no SIGINT/SIGTERM/SIGHUP handlers, so Python's stay in charge: Ctrl-C
             # raises KeyboardInterrupt between JVM calls (instead of the JVM exiting the process with 130,

@@ -30,7 +30,7 @@ import json
 import os
 import tempfile
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,52 +245,84 @@ def _rebuild(sd: Any, rows: list[str], meta: dict[str, Any]) -> Graph:
     return g
 
 
-# ============================================================================ weights as .npy
+# ============================================================================ weights: .safetensors or .npy
 def _npy_name(var_name: str) -> str:
     return urllib.parse.quote(var_name, safe="") + ".npy"
 
 
-def _write_npy(value: np.ndarray) -> Callable[[Path], None]:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, value)
-
-    return write
+def _is_safetensors(path: Path) -> bool:
+    return path.suffix == ".safetensors"
 
 
-def export_weights(graph: Graph, folder: str | os.PathLike) -> list[Path]:
-    """Write every trainable variable to ``folder/<url-quoted name>.npy`` (each file atomically)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def export_weights(graph: Graph, path: str | os.PathLike) -> list[Path]:
+    """Write every trainable variable, by its graph name, to ``path``.
+
+    ``path`` ending in ``.safetensors``: one file in the ecosystem's format (Hugging Face, PyTorch, JAX read
+    it; names are the variables' names); any other path: a folder with one ``<url-quoted name>.npy`` per
+    variable. Every file is written atomically. Returns the files written.
+
+    >>> import numpy as np, tempfile, os
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> w = g.variable("layer/w", np.eye(2, dtype=np.float32))
+    >>> out = export_weights(g, os.path.join(tempfile.mkdtemp(), "weights.safetensors"))
+    >>> import safetensors.numpy
+    >>> safetensors.numpy.load_file(str(out[0]))["layer/w"]
+    array([[1., 0.],
+           [0., 1.]], dtype=float32)
+    """
+    path = Path(path)
+    values = {v.name: graph.get_value(v) for v in graph.trainable()}
+    if _is_safetensors(path):
+        import safetensors.numpy
+
+        with atomic_write(path) as tmp:
+            safetensors.numpy.save_file(values, str(tmp), metadata={"format": "np", "producer": "samediff_py"})
+        return [path]
+    path.mkdir(parents=True, exist_ok=True)
     written = []
-    for v in graph.trainable():
-        target = folder / _npy_name(v.name)
-        with atomic_write(target) as tmp:
-            _write_npy(graph.get_value(v))(tmp)
+    for name, value in values.items():
+        target = path / _npy_name(name)
+        with atomic_write(target) as tmp, open(tmp, "wb") as f:
+            np.save(f, value)
         written.append(target)
     return written
 
 
-def import_weights(graph: Graph, folder: str | os.PathLike, strict: bool = True) -> list[str]:
-    """Set trainable variables from ``folder`` (as written by :func:`export_weights`); returns the names
-    set. ``strict``: every trainable variable must have a file and every file a variable."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no weights folder {folder}")
-    files = {urllib.parse.unquote(p.name[: -len(".npy")]): p for p in folder.glob("*.npy")}
+def import_weights(graph: Graph, path: str | os.PathLike, strict: bool = True) -> list[str]:
+    """Set trainable variables from ``path`` (a ``.safetensors`` file or a ``.npy`` folder, as written by
+    :func:`export_weights`); returns the names set. ``strict``: every trainable variable must be present
+    and every stored array must belong to one. Shapes and dtypes must match exactly (errors name the array)."""
+    path = Path(path)
+    if _is_safetensors(path):
+        if not path.is_file():
+            raise FileNotFoundError(f"no weights file {path}")
+        import safetensors.numpy
+
+        try:
+            stored = safetensors.numpy.load_file(str(path))
+        except Exception as e:  # the package raises its own error types for malformed files
+            raise ModelFileError(path, f"not a readable .safetensors file: {e}") from None
+        arrays_by_name = {k: (lambda v=v: v) for k, v in stored.items()}
+    else:
+        if not path.is_dir():
+            raise FileNotFoundError(f"no weights folder {path}")
+        files = {urllib.parse.unquote(p.name[: -len(".npy")]): p for p in path.glob("*.npy")}
+        arrays_by_name = {k: (lambda p=p: np.load(p, allow_pickle=False)) for k, p in files.items()}
     names = [v.name for v in graph.trainable()]
     if strict:
-        missing = sorted(set(names) - set(files))
-        extra = sorted(set(files) - set(names))
+        missing = sorted(set(names) - set(arrays_by_name))
+        extra = sorted(set(arrays_by_name) - set(names))
         if missing or extra:
-            raise ValueError(f"weights in {folder} do not match the graph: missing {missing}, unknown {extra}")
+            raise ValueError(f"weights in {path} do not match the graph: missing {missing}, unknown {extra}")
     done = []
     for n in names:
-        if n in files:
-            value = np.load(files[n], allow_pickle=False)
-            var = graph[n]
+        if n in arrays_by_name:
+            value, var = arrays_by_name[n](), graph[n]
             if value.dtype != var.dtype:
-                raise TypeError(f"{files[n]}: dtype {value.dtype}, variable {n!r} is {var.dtype}")
+                raise TypeError(f"{path}: {n!r} has dtype {value.dtype}, the variable is {var.dtype}")
+            if value.shape != var.shape:
+                raise ValueError(f"{path}: {n!r} has shape {value.shape}, the variable is {var.shape}")
             graph.set_value(var, value)
             done.append(n)
     return done

@@ -18,6 +18,7 @@ array([[1., 0.]], dtype=float32)
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -325,6 +326,83 @@ class Graph:
         """Every trainable variable, in creation order."""
         return [v for v in self.vars.values() if v.kind == "variable"]
 
+    # ------------------------------------------------------------------ describing
+    def summary(self) -> str:
+        """A Keras-style description: placeholders (named dims, masks with polarity and padding side),
+        every variable with shape, dtype and parameter count, the total, and the declared feed contracts.
+
+        >>> import numpy as np
+        >>> from samediff_py import Graph, masked
+        >>> g = Graph()
+        >>> tokens = g.placeholder("tokens", ("batch", "time"), "int32")
+        >>> mask = masked.mask_placeholder(g, "mask", tokens=tokens, pad_id=0)
+        >>> emb = g.variable("emb", shape=(100, 8))
+        >>> print(g.summary())  # doctest: +ELLIPSIS
+        Graph: 2 placeholders, 1 variables, 800 parameters (float32)
+        placeholder  dims           dtype    notes
+        tokens       (batch, time)  int32
+        mask         (batch, time)  float32  mask of 'tokens': 1 = valid, 0 = padding; right-padded; pad id 0
+        variable     shape          dtype    parameters
+        emb          (100, 8)       float32  800
+        total parameters: 800
+        ...
+        """
+        masks = self.meta.get("masks", {})
+        rows = []
+        for n, spec in self.placeholders.items():
+            note = ""
+            if n in masks:
+                m = masks[n]
+                note = "mask" + (f" of {m['tokens']!r}" if m.get("tokens") else "") + ": 1 = valid, 0 = padding"
+                note += "; any layout" if m["padding"] == "any" else f"; {m['padding']}-padded"
+                if m.get("pad_id") is not None:
+                    note += f"; pad id {m['pad_id']}"
+                if m.get("allow_empty_rows"):
+                    note += "; empty rows allowed"
+            rows.append((n, _fmt_dims(spec.dims), spec.dtype.name, note))
+        variables = self.trainable()
+        total = sum(int(np.prod(v.shape)) for v in variables)
+        out = [f"Graph: {len(self.placeholders)} placeholders, {len(variables)} variables, {total:,} parameters "
+               f"({self.dtype.name})"]  # fmt: skip
+        out += _table(("placeholder", "dims", "dtype", "notes"), rows)
+        out += _table(
+            ("variable", "shape", "dtype", "parameters"),
+            [(v.name, _fmt_dims(v.shape), v.dtype.name, f"{int(np.prod(v.shape)):,}") for v in variables],
+        )
+        out.append(f"total parameters: {total:,}")
+        for c in self.meta.get("checks", []):
+            if c["kind"] == "ids":
+                out.append(f"feed contract: {c['placeholder']!r} ids in [0, {c['size']}) ({c.get('what', '')})")
+            elif c["kind"] == "labels":
+                out.append(f"feed contract: {c['labels']!r} labels in [0, {c['classes']}) where counted "
+                           f"(ignore {c['ignore']})")  # fmt: skip
+            elif c["kind"] == "length":
+                out.append(f"feed contract: {c['placeholder']!r} axis {c['axis']} at most {c['max']}")
+        out.append("attention weights: [batch, heads, query, key] (DL4J's fused op: [batch, heads, key, query])")
+        return "\n".join(line.rstrip() for line in out)
+
+    def to_dot(self, name: str = "samediff_py") -> str:
+        """The graph as Graphviz text (``dot -Tsvg``): placeholders as ellipses, variables as boxes, ops as
+        plain nodes labelled with their name and static shape, edges from inputs to outputs.
+
+        >>> from samediff_py import Graph
+        >>> g = Graph()
+        >>> x = g.placeholder("x", ("batch", 3))
+        >>> print(g.to_dot().splitlines()[0])
+        digraph "samediff_py" {
+        """
+        shapes = {"placeholder": "ellipse", "variable": "box", "constant": "box", "op": "plaintext"}
+        lines = [f"digraph {json_quote(name)} {{", "  rankdir=LR;", '  node [fontname="Helvetica", fontsize=10];']
+        for v in self.vars.values():
+            label = f"{v.name}\n{_fmt_dims(v.shape)} {v.dtype.name}"
+            style = ", style=dashed" if v.kind == "constant" else ""
+            lines.append(f"  {json_quote(v.name)} [shape={shapes[v.kind]}, label={json_quote(label)}{style}];")
+        for v in self.vars.values():
+            for p in v.parents:
+                lines.append(f"  {json_quote(p.name)} -> {json_quote(v.name)};")
+        lines.append("}")
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ feeding
     def add_check(self, kind: str, **params: Any) -> None:
         """Declare a feed contract (see :mod:`samediff_py.checks`): kept in ``meta["checks"]``, run on every
@@ -525,6 +603,16 @@ class Graph:
         src, _keep = arrays.wrap(a.astype(v.dtype, copy=False))
         with _jvm.java_errors():
             _jvm.bridge().assign(v.j, src)
+
+
+def json_quote(text: str) -> str:
+    """A double-quoted string for Graphviz (JSON escaping is a valid subset)."""
+    return json.dumps(text)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
 
 
 def _fmt_dims(dims: tuple[Dim, ...]) -> str:

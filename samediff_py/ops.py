@@ -199,6 +199,10 @@ def matmul(a: Var, b: Var, name: str | None = None) -> Var:
     if a.shape[-1] is not None and k is not None and a.shape[-1] != k:
         raise ValueError(f"matmul: inner dimensions differ: {_fmt(a.shape)} @ {_fmt(b.shape)}")
     shape = (*a.shape[:-1], n)
+    if k == 1:
+        # an inner dimension of 1 is an outer product: [..., 1] * [1, n] broadcasts to [..., n]. Not mmul:
+        # M2.1's matmul_bp throws for [1, 1] @ [1, 1] (a one-row batch through a one-feature layer)
+        return multiply(a, b, name=name)
     if a.rank == 2:
         return a.graph.op("matmul", name, lambda nm: a.j.mmul(nm, b.j), shape, a.dtype, (a, b))
     if k is None or n is None:

@@ -32,7 +32,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import _jvm, ops
+from . import _jvm, arrays, ops
 from .checkpoint import FORMAT, ModelFileError, export_weights, import_weights, load, save
 from .errors import TrainingError
 from .graph import Graph, Var
@@ -224,10 +224,12 @@ class EarlyStopping(Callback):
 @dataclass
 class History:
     """What :meth:`Trainer.fit` measured. Losses are real values of the loss variable, one per step, each at
-    the weights before that step's update; an epoch's loss is the sample-weighted mean of its steps."""
+    the weights before that step's update; an epoch's loss is the weighted mean of its steps: by counted
+    positions for a masked loss (the epoch's loss over all its counted tokens), else by rows."""
 
     step_losses: list[float] = field(default_factory=list)
     step_samples: list[int] = field(default_factory=list)
+    step_weights: list[float] = field(default_factory=list)  # rows, or the counted positions of a masked loss
     epoch_losses: list[float] = field(default_factory=list)
     epoch_times: list[float] = field(default_factory=list)
     epoch_logs: list[dict[str, float]] = field(default_factory=list)
@@ -366,6 +368,11 @@ class Trainer:
                 graph.sd, self.loss.name, self.need, updater, hyper, float(l2), float(weight_decay), bool(reuse_state)
             )
             self.params: list[str] = list(self._session.params())  # trained variables, in flat-gradient order
+            # a masked loss is a mean over counted positions: steps are combined by that count, not by rows
+            self._count = graph.meta.get("mean_over", {}).get(self.loss.name)
+            if self._count is not None:
+                self._session.setExtras([self._count])
+        self._last_count = math.nan
         self._lr = float(lr) if not reuse_state else self.learning_rate
         graph.meta[TRAINER_KEY] = dict(self.config)
 
@@ -418,6 +425,60 @@ class Trainer:
         arrs = self._train_feeds(feeds, rng if rng is not None else np.random.default_rng())
         return self._step(arrs, on_nonfinite)
 
+    # ------------------------------------------------------------------ a step in two calls (data parallel)
+    @property
+    def flat_size(self) -> int:
+        """Elements of all trained variables: the length of a flat gradient (:meth:`compute_gradients`)."""
+        with _jvm.java_errors():
+            return int(_training().flatSize(self._session))
+
+    def compute_gradients(
+        self, feeds: Feeds, rng: np.random.Generator | None = None
+    ) -> tuple[float, np.ndarray, float]:
+        """Phase one of :meth:`step`, nothing updated: ``(loss, flat gradient, weight)``.
+
+        The flat gradient concatenates every trained variable's gradient (C order) in :attr:`params` order,
+        in the graph's dtype. ``weight`` is what this batch's loss averages over: its counted positions for a
+        masked loss, its rows otherwise. Data-parallel workers combine batches as
+        ``sum(weight_i * grad_i) / sum(weight_i)`` (and the same for losses), which equals the gradient of
+        the loss over all their batches at once.
+        """
+        arrs = self._train_feeds(feeds, rng if rng is not None else np.random.default_rng())
+        shapes = [d for a in arrs for d in (a.ndim, *a.shape)]
+        flat = np.empty(self.flat_size, self.graph.dtype)
+        dtype = _jvm.dtype_enum(arrays.ND4J_DTYPES[flat.dtype])
+        with _jvm.java_errors():
+            loss = float(_training().computeGradients(self._session, [a.ctypes.data for a in arrs], shapes))
+            extras = list(self._session.extraValues())
+            _training().packGradients(self._session, flat.ctypes.data, dtype)
+        rows = _rows({k: a for k, a in zip(self.need, arrs, strict=False) if k in self.inputs})
+        weight = float(extras[0]) if self._count is not None else float(rows)
+        return loss, flat, weight
+
+    def apply_gradients(self, flat: np.ndarray, on_nonfinite: str = "raise") -> bool:
+        """Phase two of :meth:`step`: apply a flat gradient (e.g. averaged over workers) with this Trainer's
+        updater, regularisation and iteration count, exactly as :meth:`step` does. Returns True if applied;
+        a non-finite gradient is not applied (``on_nonfinite="raise"`` raises :class:`TrainingError`)."""
+        flat = np.ascontiguousarray(flat, dtype=self.graph.dtype)
+        if flat.shape != (self.flat_size,):
+            raise ValueError(
+                f"apply_gradients: expected a flat gradient of {self.flat_size} elements, got {flat.shape}"
+            )
+        step = self.iterations
+        with _jvm.java_errors():
+            _training().unpackGradients(
+                self._session, flat.ctypes.data, _jvm.dtype_enum(arrays.ND4J_DTYPES[flat.dtype])
+            )
+            bad = int(_training().firstNonFiniteGradient(self._session, 0.0))
+            if bad < 0:
+                _training().applyGradients(self._session)
+                return True
+        if on_nonfinite != "skip":
+            raise TrainingError(
+                f"training step {step}: the gradient of {self.params[bad]!r} is not finite; the update was NOT applied"
+            )
+        return False
+
     def _step(self, arrs: list[np.ndarray], on_nonfinite: str = "raise") -> float:
         # graph.gradients(...) or another Trainer may have pointed SameDiff at another loss since the last
         # step; training would then follow that loss while reporting ours (a tuple compare when unchanged)
@@ -432,13 +493,15 @@ class Trainer:
             shapes.extend(a.shape)
         step = self.iterations
         with _jvm.java_errors():  # arrs stays referenced until the call returns: the JVM reads their memory
-            loss, bad = _training().step(self._session, [a.ctypes.data for a in arrs], shapes)
+            loss, bad, *extras = _training().step(self._session, [a.ctypes.data for a in arrs], shapes)
+        self._last_count = float(extras[0]) if extras else math.nan
         if bad >= 0 and on_nonfinite != "skip":
             what = "the loss" if bad >= len(self.params) else f"the gradient of {self.params[int(bad)]!r}"
+            state = f"after step {step - 1}" if step else "before training"
             raise TrainingError(
                 f"training step {step}: {what} is not finite (loss {loss}); the update was NOT applied: weights, "
-                f"updater state and iteration count are those after step {step - 1}. Lower the learning rate, check "
-                "the batch, or pass on_nonfinite='skip' to skip such steps."
+                f"updater state and iteration count are those {state}. Lower the learning rate, check the batch, "
+                "or pass on_nonfinite='skip' to skip such steps."
             )
         return float(loss)
 
@@ -475,7 +538,7 @@ class Trainer:
             batches, total = _batches(data, epoch, batch_size, shuffle, rng)
             bar = _progress(progress, total, f"epoch {epoch + 1}/{epochs}")
             t0 = time.perf_counter()
-            loss_sum, samples, stop, last_post = 0.0, 0, False, t0
+            loss_sum, weight_sum, samples, stop, last_post = 0.0, 0.0, 0, False, t0
             try:
                 for feeds in batches:
                     arrs = self._train_feeds(feeds, rng)
@@ -484,14 +547,18 @@ class Trainer:
                         bar.update(1)
                         continue  # skipped (on_nonfinite="skip"): nothing was applied
                     n = _rows({k: a for k, a in zip(self.need, arrs, strict=False) if k in self.inputs})
+                    w = self._last_count if self._count is not None else float(n)
                     hist.step_losses.append(loss)
                     hist.step_samples.append(n)
-                    loss_sum += loss * n
+                    hist.step_weights.append(w)
+                    loss_sum += loss * w
+                    weight_sum += w
                     samples += n
                     bar.update(1)
                     now = time.perf_counter()
                     if not bar.disable and now - last_post > 0.25:
-                        bar.set_postfix(loss=f"{loss_sum / samples:.4g}", samples_s=f"{samples / (now - t0):.0f}")
+                        shown = loss_sum / weight_sum if weight_sum else 0.0
+                        bar.set_postfix(loss=f"{shown:.4g}", samples_s=f"{samples / (now - t0):.0f}")
                         last_post = now
                     for cb in callbacks:
                         hook = getattr(cb, "on_step_end", None)
@@ -508,7 +575,8 @@ class Trainer:
                 raise ValueError(
                     f"fit: epoch {epoch} had no usable batch (the data is empty, or every step was skipped)"
                 )
-            logs = {"loss": loss_sum / samples, "time": dt, "samples_per_sec": samples / dt if dt > 0 else math.nan}
+            epoch_loss = loss_sum / weight_sum if weight_sum else 0.0
+            logs = {"loss": epoch_loss, "time": dt, "samples_per_sec": samples / dt if dt > 0 else math.nan}
             if validation is not None:
                 val = self.evaluate(validation, batch_size, validation_metrics, progress=progress)
                 logs.update({f"val_{k}": v for k, v in val.items()})
@@ -550,17 +618,26 @@ class Trainer:
 def evaluate(
     graph: Graph, data: Data, metrics: Mapping[str, Any], batch_size: int | None = None, progress: bool | None = None
 ) -> dict[str, float]:
-    """See :meth:`Trainer.evaluate` (``metrics`` must name every output, the loss included)."""
+    """See :meth:`Trainer.evaluate` (``metrics`` must name every output, the loss included).
+
+    Batches are combined exactly: a masked loss or metric (a mean over counted positions) by its count, a
+    ``(numerator, denominator)`` pair by summing both, any other scalar by the batch's rows."""
     flat: list[Var] = []
-    plan: list[tuple[str, int, int | None]] = []
+    plan: list[tuple[str, str, int, int]] = []  # (key, how, value index, weight index)
+    counts = graph.meta.get("mean_over", {})
     for key, m in metrics.items():
         if isinstance(m, tuple):
             num, den = graph.as_var(m[0]), graph.as_var(m[1])
-            plan.append((key, len(flat), len(flat) + 1))
+            plan.append((key, "ratio", len(flat), len(flat) + 1))
             flat += [num, den]
+            continue
+        v = graph.as_var(m)
+        if v.name in counts:
+            plan.append((key, "mean", len(flat), len(flat) + 1))
+            flat += [v, graph.as_var(counts[v.name])]
         else:
-            plan.append((key, len(flat), None))
-            flat.append(graph.as_var(m))
+            plan.append((key, "rows", len(flat), -1))
+            flat.append(v)
     sums = np.zeros(len(flat))
     rows = 0
     batches, total = _batches(data, 0, batch_size, False, np.random.default_rng(0))
@@ -568,14 +645,17 @@ def evaluate(
     t0 = time.perf_counter()
     try:
         for feeds in batches:
-            res = graph.run(feed_inference(graph, feeds), flat)
+            res = [float(np.sum(r)) for r in graph.run(feed_inference(graph, feeds), flat)]
             n = _rows(feeds)
-            for _key, i, j in plan:
-                if j is None:
-                    sums[i] += float(np.sum(res[i])) * n
+            for _key, how, i, j in plan:
+                if how == "rows":
+                    sums[i] += res[i] * n
+                elif how == "mean":
+                    sums[i] += res[i] * res[j]
+                    sums[j] += res[j]
                 else:
-                    sums[i] += float(np.sum(res[i]))
-                    sums[j] += float(np.sum(res[j]))
+                    sums[i] += res[i]
+                    sums[j] += res[j]
             rows += n
             bar.update(1)
             if not bar.disable:
@@ -585,8 +665,8 @@ def evaluate(
     if rows == 0:
         raise ValueError("evaluate: no data (0 batches): nothing to evaluate")
     out = {}
-    for key, i, j in plan:
-        out[key] = float(sums[i] / rows) if j is None else (float(sums[i] / sums[j]) if sums[j] else 0.0)
+    for key, how, i, j in plan:
+        out[key] = float(sums[i] / rows) if how == "rows" else (float(sums[i] / sums[j]) if sums[j] else 0.0)
     return out
 
 

@@ -447,8 +447,47 @@ def test_backend_missing_names_the_command(tmp_path):
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert str(tmp_path) in res.stdout
-    assert "gradle -q fetchJars" in res.stdout and "./dev setup" in res.stdout
+    assert "samediff-py fetch" in res.stdout and "./dev setup" in res.stdout and "doctor" in res.stdout
 
 
 def test_backend_missing_is_a_runtime_error():
     assert issubclass(BackendMissing, RuntimeError) and issubclass(JavaError, RuntimeError)
+
+
+def test_summary_lists_placeholders_masks_every_variable_and_the_total():
+    from samediff_py import masked
+    from samediff_py.models import Encoder, EncoderConfig
+
+    g = Graph(seed=0)
+    tokens = g.placeholder("tokens", ("batch", "time"), "int32")
+    mask = masked.mask_placeholder(g, "mask", tokens=tokens, pad_id=0, padding="left")
+    Encoder(g, EncoderConfig(vocab=50, d_model=8, heads=2, d_ff=16, layers=2, max_len=12))(tokens, mask)
+    text = g.summary()
+    total = sum(g.get_value(v).size for v in g.trainable())
+    assert f"{len(g.trainable())} variables, {total:,} parameters" in text
+    assert f"total parameters: {total:,}" in text
+    for v in g.trainable():
+        line = next(ln for ln in text.splitlines() if ln.startswith(v.name + " "))
+        assert line.split()[-1] == f"{g.get_value(v).size:,}"
+    assert "mask of 'tokens': 1 = valid, 0 = padding; left-padded; pad id 0" in text
+    assert "'tokens' ids in [0, 50)" in text and "'tokens' axis 1 at most 12" in text
+    assert "[batch, heads, query, key]" in text
+
+
+def test_to_dot_has_a_node_per_var_and_an_edge_per_input():
+    import re
+
+    g = Graph()
+    x = g.placeholder("x", ("batch", 3))
+    w = g.variable("w", np.ones((3, 2), np.float32))
+    y = ops.relu(x @ w, name="y")
+    dot = g.to_dot("net")
+    assert dot.startswith('digraph "net" {') and dot.rstrip().endswith("}")
+    nodes = re.findall(r'^  "([^"]+)" \[shape=(\w+)', dot, re.M)
+    edges = re.findall(r'^  "([^"]+)" -> "([^"]+)";', dot, re.M)
+    assert dict(nodes) == {
+        v.name: {"placeholder": "ellipse", "variable": "box", "constant": "box", "op": "plaintext"}[v.kind]
+        for v in g.vars.values()
+    }
+    assert sorted(edges) == sorted((p.name, v.name) for v in g.vars.values() for p in v.parents)
+    assert ("x", y.parents[0].name) in edges and (y.parents[0].name, "y") in edges

@@ -16,7 +16,7 @@ from samediff_py import FeedError, Graph, MaskError, masked, ops
 from samediff_py.masked import AttentionParams, Masked
 
 HYP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-HUGE = 1e4  # filler at padded positions: it must never reach an output
+HUGE = 1e30  # filler at padded positions: it must never reach an output (NaN and inf: see "garbage" below)
 
 
 # =============================================================================== helpers
@@ -778,3 +778,146 @@ def test_fused_cross_entropy_refuses_to_be_scaled_or_combined():
         loss * 2.0
     with pytest.raises(ValueError, match="fused loss"):
         ops.add(loss, loss)
+
+
+# =============================================================================== 7. garbage at padding
+GARBAGE = [np.nan, np.inf, -np.inf, 1e30, -1e30, 1e9, 3e38]
+
+
+def _garbage_graph():
+    """Every masked op on one padded input; returns (graph, outputs dict, loss)."""
+    g = Graph(seed=3, dtype=np.float32)
+    x = g.placeholder("x", ("batch", "time", 4))
+    q = g.placeholder("q", ("batch", "tq", 4))
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    m = masked.mask_placeholder(g, "mask")
+    mq = masked.mask_placeholder(g, "mq", ("batch", "tq"))
+    h = Masked(x, m)
+    p = AttentionParams.create(g, "p", 4, 2)
+    att = masked.multi_head_attention(h, p)
+    cross = masked.multi_head_attention(Masked(q, mq), p, h)
+    unfused = masked.multi_head_attention_unfused(h, p)
+    logits = masked.dense(h, g.variable("w", shape=(4, 5)))
+    outs = {
+        "mean": masked.mean_pool(h),
+        "sum": masked.sum_pool(h),
+        "max": masked.max_pool(h),
+        "att": att.value,
+        "cross": cross.value,
+        "unfused": unfused.value,
+        "xent": masked.softmax_cross_entropy(logits, labels),
+        "acc": masked.accuracy(logits, labels),
+    }
+    loss = ops.add(outs["xent"], ops.sum(ops.square(masked.mean_pool(cross))))
+    return g, outs, loss
+
+
+@pytest.mark.parametrize("junk", GARBAGE, ids=str)
+def test_garbage_at_padded_positions_changes_nothing(junk):
+    """NaN/inf at padding used to turn pooling, attention and the loss into NaN (x * 0 keeps NaN), and 1e9 at
+    padded KEYS moved valid attention outputs by 1e8 (DL4J's additive -1e9 key mask). Masked values select:
+    outputs and gradients must be bit-identical to zeros at padding."""
+    g, outs, loss = _garbage_graph()
+    rng = np.random.default_rng(0)
+    ms = masked.mask_from_lengths([5, 3, 1], 5)
+    mqs = masked.mask_from_lengths([2, 3, 1], 3)
+    clean = {
+        "x": np.where(ms[..., None] > 0, rng.normal(size=(3, 5, 4)), 0.0).astype(np.float32),
+        "q": np.where(mqs[..., None] > 0, rng.normal(size=(3, 3, 4)), 0.0).astype(np.float32),
+        "labels": rng.integers(0, 5, (3, 5)).astype(np.int32),
+        "mask": ms,
+        "mq": mqs,
+    }
+    dirty = dict(clean)
+    dirty["x"] = np.where(ms[..., None] > 0, clean["x"], np.float32(junk)).astype(np.float32)
+    dirty["q"] = np.where(mqs[..., None] > 0, clean["q"], np.float32(junk)).astype(np.float32)
+    a, b = g.run(clean, outs), g.run(dirty, outs)
+    for k in outs:
+        assert np.isfinite(b[k]).all(), k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    ga = g.gradients(clean, loss, [*g.trainable(), g["x"], g["q"]])
+    gb = g.gradients(dirty, loss, [*g.trainable(), g["x"], g["q"]])
+    for k in ga:
+        assert np.isfinite(gb[k]).all(), k
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+    np.testing.assert_array_equal(gb["x"][ms == 0], 0.0)
+
+
+def test_cross_entropy_selects_padded_logits_made_inside_the_graph():
+    """Padded logits produced by per-position ops (here a per-time table holding 3e38 where rows are padded)
+    must be selected away by the loss itself: log-softmax of 3e38 gives -inf, times a zero one-hot is NaN."""
+    g = Graph(seed=0, dtype=np.float32)
+    x = g.placeholder("x", ("batch", "time", 5))
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    m = masked.mask_placeholder(g, "mask")
+    table = np.zeros((1, 4, 5), np.float32)
+    table[0, 2:, 1:] = 3e38  # positions 2, 3 are padded in the fed rows
+    logits = Masked(x, m) + g.constant("table", table)
+    loss = masked.softmax_cross_entropy(logits, labels)
+    acc = masked.accuracy(logits, labels)
+    rng = np.random.default_rng(1)
+    fd = {
+        "x": rng.normal(size=(2, 4, 5)).astype(np.float32),
+        "labels": rng.integers(0, 5, (2, 4)).astype(np.int32),
+        "mask": masked.mask_from_lengths([2, 2], 4),
+    }
+    got_loss, got_acc = g.run(fd, [loss, acc])
+    ref = R.masked_xent(fd["x"].astype(np.float64), fd["labels"], fd["mask"])
+    assert got_loss == pytest.approx(ref, rel=1e-5)
+    assert got_acc == pytest.approx(R.top_k_accuracy(fd["x"], fd["labels"], fd["mask"], 1))
+
+
+def test_reflected_operators_keep_their_order():
+    """1 - masked is not masked - 1, 2 / masked is not masked / 2 (a swapped operand passed every test)."""
+    g = Graph(seed=0, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 2))
+    m = masked.mask_placeholder(g, "mask")
+    h = Masked(x, m)
+    outs = {"rsub": 1.0 - h, "rdiv": 2.0 / (h + 3.0), "rmul": 3.0 * h, "radd": 4.0 + h}
+    xs = np.arange(1.0, 7.0).reshape(1, 3, 2)
+    got = g.run({"x": xs, "mask": [[1, 1, 1]]}, {k: v.value for k, v in outs.items()})
+    np.testing.assert_allclose(got["rsub"], 1.0 - xs)
+    np.testing.assert_allclose(got["rdiv"], 2.0 / (xs + 3.0))
+    np.testing.assert_allclose(got["rmul"], 3.0 * xs)
+    np.testing.assert_allclose(got["radd"], 4.0 + xs)
+
+
+def test_unfused_attention_matches_the_numpy_reference_directly():
+    g, x, p = _attn_graph(np.float64, seed=21)
+    out = masked.multi_head_attention_unfused(x, p)
+    rng = np.random.default_rng(22)
+    xs, ms = padded(rng, [5, 2, 4], 5, 6)
+    got = g.run({"x": xs, "mask": ms}, out.value)
+    clean = np.where(ms[..., None] > 0, xs, 0.0)
+    ref, _ = R.attention(clean, clean, ms, ms, *_weights(g, p))
+    np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+def test_cross_attention_gradients_match_finite_differences_with_tq_not_tk():
+    g = Graph(seed=9, dtype=np.float64)
+    xq = g.placeholder("xq", ("batch", "tq", 4))
+    xc = g.placeholder("xc", ("batch", "tk", 4))
+    mq = masked.mask_placeholder(g, "mq", ("batch", "tq"))
+    mc = masked.mask_placeholder(g, "mc", ("batch", "tk"))
+    p = AttentionParams.create(g, "p", 4, 2)
+    g.set_value(p.wo, np.random.default_rng(0).normal(size=p.wo.shape))
+    out = masked.multi_head_attention(Masked(xq, mq), p, Masked(xc, mc))
+    rng = np.random.default_rng(10)
+    c = rng.normal(size=(2, 3, 4))
+    loss = ops.sum(ops.multiply(out.value, g.constant("c", c)))
+    q, mqs = padded(rng, [3, 2], 3, 4)
+    k, mcs = padded(rng, [5, 2], 5, 4)
+    fd = {"xq": q, "xc": k, "mq": mqs, "mc": mcs}
+    W = _weights(g, p)
+    grads = g.gradients(fd, loss, wrt=[xq, xc, p.wq, p.wk, p.wv, p.wo])
+
+    def ref(qa, ka, *w):
+        o, _ = R.attention(np.where(mqs[..., None] > 0, qa, 0), np.where(mcs[..., None] > 0, ka, 0), mqs, mcs, *w)
+        return float((o * c).sum())
+
+    fd_check(lambda a: ref(a, k, *W), q, grads["xq"], n=q.size)
+    fd_check(lambda a: ref(q, a, *W), k, grads["xc"], n=k.size)
+    for i, v in enumerate((p.wq, p.wk, p.wv, p.wo)):
+        fd_check(lambda a, i=i: ref(q, k, *W[:i], a, *W[i + 1 :]), W[i], grads[v.name], n=W[i].size, seed=i)
+    np.testing.assert_array_equal(grads["xq"][mqs == 0], 0.0)
+    np.testing.assert_array_equal(grads["xc"][mcs == 0], 0.0)

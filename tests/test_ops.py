@@ -216,6 +216,14 @@ def test_comparison_operators_with_numbers():
 
 
 # ---------------------------------------------------------------------------- matmul
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (2, 1, 1), (1, 1, 3), (1, 3, 1)])
+def test_matmul_gradient_for_unit_dimensions(m, k, n):
+    """M2.1's matmul_bp throws for [1, 1] @ [1, 1] (a batch of one through a one-feature layer); an inner
+    dimension of 1 is an outer product, built as a broadcast multiply."""
+    check_grad(lambda a, b: ops.matmul(a, b), [randn(m, k), randn(k, n)])
+    check_grad(lambda a, b: ops.matmul(a, b), [randn(m, k), randn(k, n)], variables=True)
+
+
 def test_matmul_rank2_unknown_batch():
     a, w = randn(5, 3), randn(3, 4)
     got, out = forward(lambda x, y: x @ y, a, w, dims=[(None, 3), (3, 4)])
@@ -704,6 +712,18 @@ def test_layer_norm_fused_path():
     a, gain, bias = randn(2, 3, 4), randn(4), randn(4)
     got, _ = forward(lambda x, gn, b: ops.layer_norm(x, -1, gn, b, eps=0.0), a, gain, bias)
     close(got, np_layer_norm(a, -1, gain, bias, eps=0.0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 0.5])
+def test_layer_norm_puts_eps_inside_the_square_root(eps):
+    """(x - mu) / sqrt(var + eps), not (x - mu) / (sqrt(var) + eps): rows of small variance, float64, tight
+    tolerance, so the two placements (which differ by ~eps / (2 var)) cannot both pass."""
+    a = randn(3, 4, 5, dtype=np.float64) * 0.05
+    got, _ = forward(lambda x: ops.layer_norm(x, -1, eps=eps), a, dtype=np.float64)
+    mu = a.mean(-1, keepdims=True)
+    var = a.var(-1, keepdims=True)
+    np.testing.assert_allclose(got, (a - mu) / np.sqrt(var + eps), rtol=1e-9, atol=1e-12)
+    assert np.abs((a - mu) / (np.sqrt(var) + eps) - got).max() > 1e-2
 
 
 @pytest.mark.parametrize("axis", [-1, 1])

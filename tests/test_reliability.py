@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference as R
 
 from samediff_py import FeedError, Graph, MaskError, ModelFileError, TrainingError, _jvm, checkpoint, masked, ops
+from samediff_py.masked import Masked
 from samediff_py.models import Encoder, EncoderConfig
 from samediff_py.train import Trainer
 
@@ -502,3 +504,50 @@ def test_an_unwritable_folder_gives_model_file_error_with_the_os_reason():
         checkpoint.save(g, "/proc/model.sdz")
     with pytest.raises(ModelFileError, match="does not exist"):
         checkpoint.save(g, "/no/such/folder/model.sdz")
+
+
+# ================================================================================ epoch losses
+def test_epoch_loss_weights_steps_by_rows_for_a_plain_loss():
+    """Batches of 4 and 1 rows: the epoch loss is the loss over the 5 rows (a plain mean of the two step losses
+    passed every test before)."""
+    g = Graph(seed=0)
+    x = g.placeholder("x", ("batch", 1))
+    w = g.variable("w", np.zeros((1, 1), np.float32))
+    loss = ops.mean(ops.square(ops.matmul(x, w) - x), name="loss")  # = mean(x^2) at w = 0
+    t = Trainer(g, loss, "sgd", lr=0.0)
+    xs = np.array([[1.0], [1.0], [1.0], [1.0], [3.0]], np.float32)
+    hist = t.fit({"x": xs}, batch_size=4, shuffle=False, progress=False)
+    assert hist.step_losses == [1.0, 9.0] and hist.step_weights == [4.0, 1.0]
+    assert hist.epoch_losses[0] == pytest.approx((4 * 1.0 + 9.0) / 5)
+
+
+def test_epoch_loss_and_evaluate_weight_a_masked_loss_by_counted_positions():
+    """A masked cross-entropy is a mean over counted tokens: an epoch (and evaluate) must be the mean over
+    all counted tokens of all batches, not over rows."""
+    g = Graph(seed=0, dtype=np.float64)
+    logits = g.placeholder("logits", ("batch", "time", 3))
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    m = masked.mask_placeholder(g, "mask", allow_empty_rows=True)
+    b = g.variable("b", np.zeros(3))
+    z = Masked(logits, m) + b
+    loss = masked.softmax_cross_entropy(z, labels)
+    acc = masked.accuracy(z, labels)
+    rng = np.random.default_rng(0)
+    batches = []
+    for lengths in ([4, 4], [1, 0], [2, 3]):
+        batches.append(
+            {
+                "logits": rng.normal(size=(2, 4, 3)),
+                "labels": rng.integers(0, 3, (2, 4)).astype(np.int32),
+                "mask": masked.mask_from_lengths(lengths, 4, dtype=np.float64),
+            }
+        )
+    everything = {k: np.concatenate([bt[k] for bt in batches]) for k in batches[0]}
+    want_loss = R.masked_xent(everything["logits"], everything["labels"], everything["mask"])
+    want_acc = R.top_k_accuracy(everything["logits"], everything["labels"], everything["mask"], 1)
+    t = Trainer(g, loss, "sgd", lr=0.0)
+    hist = t.fit(batches, progress=False)
+    assert hist.step_weights == [8.0, 1.0, 5.0]
+    assert hist.epoch_losses[0] == pytest.approx(want_loss, rel=1e-12)
+    got = t.evaluate(batches, metrics={"acc": acc})
+    assert got["loss"] == pytest.approx(want_loss, rel=1e-12) and got["acc"] == pytest.approx(want_acc)

@@ -394,6 +394,31 @@ def test_export_import_weights(tmp_path):
         train.import_weights(g2, tmp_path / "w")
 
 
+def test_export_import_weights_as_one_safetensors_file(tmp_path):
+    import safetensors.numpy
+
+    g, _ = mlp(seed=1)
+    (path,) = train.export_weights(g, tmp_path / "model.safetensors")
+    stored = safetensors.numpy.load_file(str(path))  # the ecosystem's reader, not ours
+    assert sorted(stored) == ["b1", "w1", "w2"]
+    for n, a in stored.items():
+        np.testing.assert_array_equal(a, g.get_value(n))
+    g2, _ = mlp(seed=2)
+    assert sorted(train.import_weights(g2, path)) == ["b1", "w1", "w2"]
+    data = regression_data(8)
+    np.testing.assert_array_equal(g2.run(data, "pred"), g.run(data, "pred"))
+    safetensors.numpy.save_file({**stored, "w1": stored["w1"][:2]}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="'w1' has shape \\(2, 8\\)"):
+        train.import_weights(g2, tmp_path / "bad.safetensors")
+    safetensors.numpy.save_file({**stored, "extra": stored["b1"]}, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(ValueError, match="unknown \\['extra'\\]"):
+        train.import_weights(g2, tmp_path / "extra.safetensors")
+    assert sorted(train.import_weights(g2, tmp_path / "extra.safetensors", strict=False)) == ["b1", "w1", "w2"]
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(train.ModelFileError, match="not a readable .safetensors"):
+        train.import_weights(g2, tmp_path / "junk.safetensors")
+
+
 # ---------------------------------------------------------------------------- the file is a real DL4J model
 def _java_cp() -> str:
     jars = _jvm.jar_dir()
@@ -517,3 +542,59 @@ def test_soak_resident_memory_stops_growing():
     # 3000 steps, so a 25 MB bound separates a leak from that drift by more than an order of magnitude
     assert rss[-1] - rss[-4] < 25, f"RSS still growing over the last 3000 steps: {rss}"
     assert rss[-1] - rss[0] < 50, f"RSS grew {rss[-1] - rss[0]:.1f} MB over 7000 steps after warm-up: {rss}"
+
+
+@pytest.mark.parametrize("updater", ["sgd", "adam"])
+def test_a_step_split_in_two_calls_equals_step_bit_for_bit(updater):
+    """compute_gradients + apply_gradients (what a data-parallel worker does around its allreduce) must be
+    exactly Trainer.step: same losses, same weights, same updater state, same iteration count."""
+    data = regression_data()
+    batches = [{k: v[i : i + 32] for k, v in data.items()} for i in range(0, 128, 32)]
+    runs = []
+    for split in (False, True):
+        g, loss = mlp()
+        t = train.Trainer(g, loss, updater, lr=0.01, l2=1e-3)
+        losses = []
+        for b in batches * 3:
+            if split:
+                value, flat, weight = t.compute_gradients(b)
+                assert flat.shape == (t.flat_size,) and flat.dtype == np.float32 and weight == 32
+                assert t.apply_gradients(flat)
+                losses.append(value)
+            else:
+                losses.append(t.step(b))
+        runs.append((losses, {v.name: g.get_value(v) for v in g.trainable()}, t.iterations))
+    (l1, w1, i1), (l2, w2, i2) = runs
+    assert i1 == i2 == 12
+    np.testing.assert_array_equal(l1, l2)
+    for n in w1:
+        np.testing.assert_array_equal(w1[n], w2[n], err_msg=n)
+
+
+def test_flat_gradient_order_matches_params_and_graph_gradients():
+    g, loss = mlp()
+    t = train.Trainer(g, loss, "sgd", lr=0.1)
+    b = {k: v[:16] for k, v in regression_data().items()}
+    _, flat, _ = t.compute_gradients(b)
+    ref = g.gradients(b, loss)
+    np.testing.assert_allclose(flat, np.concatenate([ref[n].ravel() for n in t.params]), rtol=1e-6, atol=1e-7)
+    before = {n: g.get_value(n) for n in t.params}
+    t.apply_gradients(flat * 0.0 + 1.0)  # a gradient of ones: SGD moves every weight by exactly -lr
+    for n in t.params:
+        np.testing.assert_allclose(g.get_value(n), before[n] - 0.1, rtol=1e-6)
+
+
+def test_set_value_while_a_trainer_is_live_keeps_the_next_update():
+    """set_value replaced the variable's array object: the next Trainer.step's update went to the old one
+    (update norm 0). It writes in place now, so checkpoint restore and parameter averaging are safe."""
+    g, loss = mlp()
+    t = train.Trainer(g, loss, "sgd", lr=0.1)
+    b = {k: v[:16] for k, v in regression_data().items()}
+    t.step(b)
+    new = {n: np.full_like(g.get_value(n), 0.05) for n in t.params}
+    for n, v in new.items():
+        g.set_value(n, v)
+    grads = g.gradients(b, loss)
+    t.step(b)
+    for n, v in new.items():
+        np.testing.assert_allclose(g.get_value(n), v - 0.1 * grads[n], rtol=1e-5, atol=1e-7)

@@ -34,6 +34,12 @@ def _check_logits_labels(logits: Masked, labels: Var, what: str) -> None:
         raise ValueError(f"{what}: the class axis of the logits must be known when building")
 
 
+def _declare_weight(out: Var, count: Var) -> None:
+    """Record that ``out`` is a mean over ``count`` positions: batches are then combined by count (an epoch's
+    loss, evaluate) instead of by rows, which over-weights short batches."""
+    out.graph.meta.setdefault("mean_over", {})[out.name] = count.name
+
+
 def _declare_label_range(out: Var, logits: Masked, labels: Var, ignore_label: int) -> Var:
     """A label outside [0, classes) at a counted position would one-hot to a zero row: it would count in the
     denominator but add nothing (a silently lower loss). Declared for ``out``: enforced whenever it is
@@ -74,13 +80,16 @@ def softmax_cross_entropy(
         counted = counted_positions(logits.mask, labels, ignore_label)
         z = logits.zeroed()
         onehot = ops.one_hot(labels, logits.value.shape[2], logits.dtype)  # ignore_label < 0 -> zero row
+        count = ops.sum(counted, name="count")
         if not fused:
             logp = ops.log_softmax(z, -1)
             nll = ops.negative(ops.sum(ops.multiply(logp, onehot), -1))  # [batch, time]
             total = ops.sum(ops.multiply(nll, counted))
-            denom = at_least_one(ops.sum(counted))
+            denom = at_least_one(count)
     if not fused:
-        return _declare_label_range(ops.divide(total, denom, name=out_name), logits, labels, ignore_label)
+        loss = ops.divide(total, denom, name=out_name)
+        _declare_weight(loss, count)
+        return _declare_label_range(loss, logits, labels, ignore_label)
     loss = g.op(
         "xent_loss",
         out_name,
@@ -90,6 +99,7 @@ def softmax_cross_entropy(
         (onehot, z, counted),
     )
     g.meta.setdefault("final_only", []).append(loss.name)
+    _declare_weight(loss, count)
     return _declare_label_range(loss, logits, labels, ignore_label)
 
 
@@ -123,7 +133,8 @@ def top_k_accuracy(logits: Masked, labels: Var, k: int = 5, ignore_label: int = 
             ),
         )
         hit = ops.cast(ops.less(ops.sum(before, -1), float(k) - 0.5), logits.dtype)
-        denom = at_least_one(ops.sum(counted))
+        count = ops.sum(counted, name="count")
         total = ops.sum(ops.multiply(hit, counted))
-    out = ops.divide(total, denom, name=name or g.unique_name(f"top{k}_accuracy").split("/")[-1])
+    out = ops.divide(total, at_least_one(count), name=name or g.unique_name(f"top{k}_accuracy").split("/")[-1])
+    _declare_weight(out, count)
     return _declare_label_range(out, logits, labels, ignore_label)

@@ -102,6 +102,9 @@ public final class Training {
         /** Gradients of the last {@link #computeGradients} call (null entries: the loss does not depend on it). */
         final INDArray[] grads;
         double lastLoss = Double.NaN;
+        /** Scalars computed in the same forward pass as the loss (e.g. the count a masked loss averages over). */
+        String[] extras = new String[0];
+        double[] lastExtras = new double[0];
 
         Session(SameDiff sd, String[] features, String loss) {
             this.sd = sd;
@@ -122,6 +125,17 @@ public final class Training {
         /** Names of the trained variables, in the order of flat gradients. */
         public String[] params() {
             return params.clone();
+        }
+
+        /** The extra scalars of the last {@link Training#computeGradients}. */
+        public double[] extraValues() {
+            return lastExtras.clone();
+        }
+
+        /** Scalars to compute with every step's loss (returned after it by {@link Training#step}). */
+        public void setExtras(String[] names) {
+            extras = names.clone();
+            lastExtras = new double[names.length];
         }
     }
 
@@ -198,11 +212,20 @@ public final class Training {
      * {@code addresses[i]} is feed i's first byte; {@code shapes} holds, per feed, its rank then its dims.
      * Returns the loss the step's forward pass produced (before the update); NaN if it was not seen.
      */
+    /**
+     * One training step: {@link #computeGradients}, then {@link #applyGradients} if the loss and every
+     * gradient are finite. Returns {loss, -1 if applied else the culprit (see {@link #firstNonFiniteGradient}),
+     * the session's extra scalars...}.
+     */
     public static double[] step(Session s, long[] addresses, long[] shapes) {
         double loss = computeGradients(s, addresses, shapes);
         int bad = firstNonFiniteGradient(s, loss);
         if (bad < 0) applyGradients(s);
-        return new double[]{loss, bad};
+        double[] out = new double[2 + s.extras.length];
+        out[0] = loss;
+        out[1] = bad;
+        System.arraycopy(s.lastExtras, 0, out, 2, s.extras.length);
+        return out;
     }
 
     static INDArray[] wrapFeeds(Session s, long[] addresses, long[] shapes) {
@@ -230,9 +253,15 @@ public final class Training {
         requireCurrent(s);
         Map<String, INDArray> ph = new HashMap<>();
         for (int i = 0; i < feats.length; i++) ph.put(s.features[i], feats[i]);
-        OutAndGrad og = s.sd.calculateGradientsAndOutputs(ph, Collections.singletonList(s.loss), Arrays.asList(s.params));
+        List<String> outs = new ArrayList<>();
+        outs.add(s.loss);
+        Collections.addAll(outs, s.extras);
+        OutAndGrad og = s.sd.calculateGradientsAndOutputs(ph, outs, Arrays.asList(s.params));
         INDArray l = og.getOutputs().get(s.loss);
         s.lastLoss = l.isScalar() ? l.getDouble(0) : l.sumNumber().doubleValue();
+        for (int i = 0; i < s.extras.length; i++) {
+            s.lastExtras[i] = og.getOutputs().get(s.extras[i]).sumNumber().doubleValue();
+        }
         Map<String, INDArray> g = og.getGradients();
         for (int i = 0; i < s.params.length; i++) {
             INDArray a = g.get(s.params[i]);
@@ -292,6 +321,45 @@ public final class Training {
             s.grads[i] = null;
         }
         c.incrementIterationCount();
+    }
+
+    /** Number of elements of all trained variables (the length of a flat gradient). */
+    public static long flatSize(Session s) {
+        long n = 0;
+        for (String p : s.params) n += s.sd.getVariable(p).getArr().length();
+        return n;
+    }
+
+    /**
+     * Copies the session's gradients (from {@link #computeGradients}), in {@code params} order, into the native
+     * buffer at {@code address} (flatSize elements of {@code dtype}); a variable the loss does not reach
+     * contributes zeros. One memory copy per variable, no Java arrays.
+     */
+    public static void packGradients(Session s, long address, DataType dtype) {
+        long offset = 0;
+        for (int i = 0; i < s.params.length; i++) {
+            INDArray param = s.sd.getVariable(s.params[i]).getArr();
+            long n = param.length();
+            INDArray dst = Bridge.wrap(address + offset * dtype.width(), dtype, new long[]{n});
+            if (s.grads[i] == null) dst.assign(0);
+            else dst.assign(s.grads[i].reshape('c', new long[]{n}));
+            offset += n;
+        }
+    }
+
+    /**
+     * Replaces the session's gradients with a flat buffer at {@code address} (e.g. the average of every
+     * worker's gradients), ready for {@link #applyGradients}. The buffer is copied.
+     */
+    public static void unpackGradients(Session s, long address, DataType dtype) {
+        long offset = 0;
+        for (int i = 0; i < s.params.length; i++) {
+            INDArray param = s.sd.getVariable(s.params[i]).getArr();
+            long n = param.length();
+            INDArray src = Bridge.wrap(address + offset * dtype.width(), dtype, new long[]{n});
+            s.grads[i] = src.castTo(param.dataType()).reshape('c', param.shape()).dup('c');
+            offset += n;
+        }
     }
 
     /** M2.1 creates the updaters (and their state) lazily inside fit; the two-phase step needs them first. */
