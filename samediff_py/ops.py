@@ -189,28 +189,45 @@ def not_equal(a: Operand, b: Operand, name: str | None = None) -> Var:
     return _binary("neq", a, b, "neq", name, np.bool_)
 
 
-def matmul(a: Var, b: Var, name: str | None = None) -> Var:
+def matmul(a: Var, b: Var, name: str | None = None, *, transpose_b: bool = False) -> Var:
     """Matrix product. ``[m, k] @ [k, n] -> [m, n]``, or ``[..., k] @ [k, n] -> [..., n]`` for any rank of
-    ``a`` (e.g. ``[batch, time, d] @ [d, e]``), which SameDiff's ``mmul`` does not accept directly."""
+    ``a`` (e.g. ``[batch, time, d] @ [d, e]``), which SameDiff's ``mmul`` does not accept directly.
+
+    ``transpose_b=True`` multiplies by ``b.T`` for a ``b`` of shape ``[n, k]`` (e.g. a tied ``[vocab, d]``
+    embedding as an output projection) without materialising the transpose.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x = g.placeholder("x", ("batch", "time", 2))
+    >>> emb = g.constant("emb", np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))  # [vocab, d]
+    >>> g.run({"x": [[[2.0, 3.0]]]}, matmul(x, emb, transpose_b=True))
+    array([[[2., 3., 5.]]], dtype=float32)
+    """
     a, b = _pair(a, b)
     if b.rank != 2 or a.rank < 2:
         raise ValueError(f"matmul needs a of rank >= 2 and b of rank 2, got {_fmt(a.shape)} @ {_fmt(b.shape)}")
-    k, n = b.shape
+    k, n = b.shape[::-1] if transpose_b else b.shape
     if a.shape[-1] is not None and k is not None and a.shape[-1] != k:
-        raise ValueError(f"matmul: inner dimensions differ: {_fmt(a.shape)} @ {_fmt(b.shape)}")
+        bt = f"{_fmt(b.shape)}.T" if transpose_b else _fmt(b.shape)
+        raise ValueError(f"matmul: inner dimensions differ: {_fmt(a.shape)} @ {bt}")
     shape = (*a.shape[:-1], n)
     if k == 1:
         # an inner dimension of 1 is an outer product: [..., 1] * [1, n] broadcasts to [..., n]. Not mmul:
         # M2.1's matmul_bp throws for [1, 1] @ [1, 1] (a one-row batch through a one-feature layer)
         return multiply(a, b, name=name)
     if a.rank == 2:
+        if transpose_b:
+            return a.graph.op("matmul", name, lambda nm: _jvm.bridge().matmulT(a.graph.sd, nm, a.j, b.j), shape,
+                              a.dtype, (a, b))  # fmt: skip
         return a.graph.op("matmul", name, lambda nm: a.j.mmul(nm, b.j), shape, a.dtype, (a, b))
     if k is None or n is None:
         raise ValueError("matmul of rank > 2 needs the weight's shape known when building")
+    fn = _jvm.bridge().matmulLastT if transpose_b else _jvm.bridge().matmulLast
     return a.graph.op(
         "matmul",
         name,
-        lambda nm: _jvm.bridge().matmulLast(a.graph.sd, nm, a.j, b.j, a.rank, k, n),
+        lambda nm: fn(a.graph.sd, nm, a.j, b.j, a.rank, k, n),
         shape,
         a.dtype,
         (a, b),
@@ -549,15 +566,125 @@ def where(cond: Var, x: Operand, y: Operand, name: str | None = None, same_shape
     return g.op("where", name, lambda n: _jvm.bridge().select(g.sd, n, cond.j, x.j, y.j), shape, x.dtype, (cond, x, y))
 
 
+def select_rows(cond: Var, x: Var, y: Var, name: str | None = None) -> Var:
+    """Row ``i`` of ``x`` where ``cond[i]`` is true, else row ``i`` of ``y``: ``cond`` is a 1-D bool Var of
+    length ``x.shape[0]``, ``x`` and ``y`` have equal shapes. A SELECT like :func:`where` (the unchosen row is
+    never read; its gradient is exactly 0), but one vector copy per row: libnd4j's elementwise select reads
+    and writes element by element (~80 ns each: 40 ms for a ``[16, 128, 256]`` activation), its row form
+    copies whole rows. Used by :func:`samediff_py.masked.value.select_valid` on ``[batch * time, ...]``.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> x = g.placeholder("x", (3, 2))
+    >>> keep = g.placeholder("keep", (3,), "bool")
+    >>> g.run({"x": [[1, 2], [np.nan, np.inf], [5, 6]], "keep": [True, False, True]},
+    ...       select_rows(keep, x, zeros_like(x)))
+    array([[1., 2.],
+           [0., 0.],
+           [5., 6.]], dtype=float32)
+    """
+    _plain(cond, x, y)
+    if not isinstance(cond, Var) or cond.dtype != np.bool_ or cond.rank != 1:
+        raise TypeError("select_rows: cond must be a 1-D bool Var")
+    x, y = _pair(x, y)
+    g = _graph_of(cond, x, y)
+    if x.rank < 2:
+        raise ValueError(f"select_rows needs rows: x of rank >= 2, got {_fmt(x.shape)} (use where)")
+    if x.shape != y.shape:
+        raise ValueError(f"select_rows: x {_fmt(x.shape)} and y {_fmt(y.shape)} must have equal shapes")
+    n, c = x.shape[0], cond.shape[0]
+    if n is not None and c is not None and n != c:
+        raise ValueError(f"select_rows: cond has {c} entries, x has {n} rows")
+    # libnd4j's select takes this row form whenever cond's length is x's first dimension and cond's shape
+    # differs from x's (rank >= 2 guarantees it)
+    return g.op("select_rows", name, lambda nm: _jvm.bridge().select(g.sd, nm, cond.j, x.j, y.j), x.shape, x.dtype,
+                (cond, x, y))  # fmt: skip
+
+
+def reshape_like(x: Var, like: Var, name: str | None = None) -> Var:
+    """``x`` reshaped (C order) to ``like``'s run-time shape: for shapes with several dimensions unknown when
+    building (e.g. ``[batch * time, d] -> [batch, time, d]``). The element counts must agree at run time."""
+    _plain(x, like)
+    g = _graph_of(x, like)
+    return g.op("reshape_like", name, lambda n: _jvm.bridge().reshapeLike(g.sd, n, x.j, like.j), like.shape, x.dtype,
+                (x, like))  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- activations
 def relu(x: Var, name: str | None = None) -> Var:
     """``max(x, 0)``."""
     return _unary("relu", x, lambda n: x.graph.sd.nn().relu(n, x.j, 0.0), name)
 
 
-def gelu(x: Var, name: str | None = None) -> Var:
-    """Gaussian error linear unit in SameDiff's sigmoid form: ``x * sigmoid(1.702 x)`` (not the erf form)."""
-    return _unary("gelu", x, lambda n: x.graph.sd.nn().gelu(n, x.j), name)
+GELU_FORMS = ("none", "tanh", "sigmoid")
+
+
+def gelu(x: Var, approximate: str = "none", name: str | None = None) -> Var:
+    """Gaussian error linear unit, in one of three forms (the names of PyTorch's ``approximate`` argument,
+    plus DL4J's own):
+
+    - ``"none"`` (default): the exact form ``0.5 x (1 + erf(x / sqrt(2)))``: PyTorch's ``gelu``, Hugging Face
+      ``hidden_act="gelu"`` (BERT). Built from plain ops around libnd4j's ``erf``.
+    - ``"tanh"``: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``: PyTorch ``approximate="tanh"``, Hugging
+      Face ``"gelu_new"`` / ``"gelu_pytorch_tanh"`` (GPT-2). Built from plain ops.
+    - ``"sigmoid"``: ``x * sigmoid(1.702 x)``: what DL4J M2.1 calls ``gelu`` (``sd.nn().gelu``, one fused op;
+      libnd4j's constant is the float ``1.702f`` even in double precision). Differs from the exact form by up
+      to ~0.02. (M2.1's ``precise_gelu`` op matches neither of the other two forms and is not used.)
+
+    Args:
+        x: any Var.
+        approximate: ``"none"``, ``"tanh"`` or ``"sigmoid"``.
+
+    Returns:
+        A Var of ``x``'s shape.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph(dtype=np.float64)
+    >>> x = g.placeholder("x", (3,))
+    >>> for form in ("none", "tanh", "sigmoid"):
+    ...     print(form, g.run({"x": [-1.0, 0.0, 1.0]}, gelu(x, form)).round(6))
+    none [-0.158655  0.        0.841345]
+    tanh [-0.158808  0.        0.841192]
+    sigmoid [-0.154204  0.        0.845796]
+    """
+    _plain(x)
+    if approximate not in GELU_FORMS:
+        raise ValueError(f"gelu: approximate must be one of {', '.join(map(repr, GELU_FORMS))}, got {approximate!r}")
+    if not isinstance(x, Var):
+        raise TypeError(f"gelu expects a graph Var, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"gelu needs a float Var, got {x.dtype} for {x.name!r}")
+    if approximate == "sigmoid":
+        return _unary("gelu", x, lambda n: x.graph.sd.nn().gelu(n, x.j), name)
+    g = x.graph
+    out_name = name or g.unique_name(f"gelu_{approximate}").split("/")[-1]
+    with g.scope(out_name):  # the pieces live under "<name>/", the result is "<name>" itself
+        if approximate == "none":
+            inner = erf(multiply(x, float(1.0 / np.sqrt(2.0)), name="scaled"), name="erf")
+        else:
+            cube = multiply(multiply(square(x, name="sq"), x, name="cube"), 0.044715, name="cube_scaled")
+            inner = tanh(multiply(add(x, cube, name="poly"), float(np.sqrt(2.0 / np.pi)), name="arg"), name="tanh")
+        half = multiply(x, 0.5, name="half")
+    return add(half, multiply(half, inner), name=out_name)  # 0.5 x + 0.5 x * inner = 0.5 x (1 + inner)
+
+
+def erf(x: Var, name: str | None = None) -> Var:
+    """The error function ``erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt`` (libnd4j's ``erf``: within ~1
+    float32 ulp of ``math.erf``, exact in float64; its M2.1 gradient ``2/sqrt(pi) exp(-x^2)`` is correct).
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph(dtype=np.float64)
+    >>> x = g.placeholder("x", (3,))
+    >>> g.run({"x": [-1.0, 0.0, 2.0]}, erf(x))  # doctest: +NUMBER
+    array([-0.84270079,  0.        ,  0.99532227])
+    """
+    _plain(x)
+    if isinstance(x, Var) and x.dtype.kind != "f":
+        raise TypeError(f"erf needs a float Var, got {x.dtype} for {x.name!r}")
+    return _unary("erf", x, lambda n: x.graph.sd.math().erf(n, x.j), name)
 
 
 def tanh(x: Var, name: str | None = None) -> Var:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -10,13 +12,20 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def attention(q, kv, mask_q, mask_k, wq, wk, wv, wo, scaled=True):
+def attention(q, kv, mask_q, mask_k, wq, wk, wv, wo, scaled=True, bq=None, bk=None, bv=None, bo=None):
     """Multi-head attention in samediff_py's layout. q [B,Tq,F], kv [B,Tk,F], masks [B,T] (1 = valid),
-    wq/wk/wv [H,hs,F], wo [H*hs,O]. Returns (out [B,Tq,O], weights [B,H,Tq,Tk]) with padded keys excluded,
-    padded queries (and queries with no valid key) zeroed."""
+    wq/wk/wv [H,hs,F], wo [H*hs,O], optional biases bq/bk/bv [H,hs] (per head's projection) and bo [O].
+    Returns (out [B,Tq,O], weights [B,H,Tq,Tk]) with padded keys excluded (whatever their projection, bias
+    included), padded queries (and queries with no valid key) zeroed: 0, not bo."""
     qh = np.einsum("btf,hsf->bhts", q, wq)  # [B,H,Tq,hs]
     kh = np.einsum("btf,hsf->bhts", kv, wk)
     vh = np.einsum("btf,hsf->bhts", kv, wv)
+    if bq is not None:
+        qh = qh + bq[None, :, None, :]
+    if bk is not None:
+        kh = kh + bk[None, :, None, :]
+    if bv is not None:
+        vh = vh + bv[None, :, None, :]
     scores = np.einsum("bhqs,bhks->bhqk", qh, kh)
     if scaled:
         scores = scores / np.sqrt(wq.shape[1])
@@ -25,11 +34,15 @@ def attention(q, kv, mask_q, mask_k, wq, wk, wv, wo, scaled=True):
     has_key = valid_k.any(-1, keepdims=True)
     scores = np.where(has_key, scores, 0.0)
     w = softmax(scores, -1) * has_key
-    ctx = np.einsum("bhqk,bhks->bhqs", w, vh)  # [B,H,Tq,hs]
+    # padded keys' values never reach the output (their weight is exactly 0, and they are not multiplied in)
+    ctx = np.einsum("bhqk,bhks->bhqs", w, np.where((mask_k > 0)[:, None, :, None], vh, 0.0))  # [B,H,Tq,hs]
     b, h, tq, hs = ctx.shape
     concat = ctx.transpose(0, 2, 1, 3).reshape(b, tq, h * hs)
     keep_q = (mask_q > 0)[:, :, None] & has_key[:, 0, :, :].any(-1, keepdims=True).transpose(0, 1, 2)
-    out = concat @ wo * keep_q
+    out = concat @ wo
+    if bo is not None:
+        out = out + bo
+    out = np.where(keep_q, out, 0.0)
     w = w * (mask_q > 0)[:, None, :, None]
     return out, w
 
@@ -239,3 +252,62 @@ def causal_attention(x, mask, wq, wk, wv, wo, scaled=True, biases=(None, None, N
         out[r, idx] = o if bo is None else o + bo
         weights[r][np.ix_(range(h), idx, idx)] = p
     return out, weights
+
+
+# ---------------------------------------------------------------------------- BERT (transformers' definition)
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+ACTIVATIONS = {
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu_new": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    "quick_gelu": lambda x: x / (1.0 + np.exp(-1.702 * x)),
+    "relu": lambda x: np.maximum(x, 0.0),
+}
+
+
+def bert_forward(w, cfg, ids, mask, token_type_ids=None, prefix="bert.", mlm=True, pooler=False):
+    """transformers' BertModel / BertForMaskedLM forward in float64 numpy, from transformers-named weights in
+    transformers' layout (Linear weights [out, in]) and a config dict. Padded keys get probability 0; padded
+    rows are computed as transformers does (not zeroed). Returns a dict: hidden (list), attn (list
+    [B,H,Tq,Tk]), logits, pooled."""
+    w = {k: np.asarray(v, np.float64) for k, v in w.items()}
+    act = ACTIVATIONS[cfg["hidden_act"]]
+    eps, heads = cfg["layer_norm_eps"], cfg["num_attention_heads"]
+    b, t = ids.shape
+    tt = np.zeros_like(ids) if token_type_ids is None else token_type_ids
+
+    def lin(x, name):
+        return x @ w[name + ".weight"].T + w[name + ".bias"]
+
+    def ln(x, name):
+        return layer_norm(x, w[name + ".weight"], w[name + ".bias"], eps)
+
+    e = prefix + "embeddings."
+    h = w[e + "word_embeddings.weight"][ids] + w[e + "token_type_embeddings.weight"][tt]
+    h = ln(h + w[e + "position_embeddings.weight"][:t][None], e + "LayerNorm")
+    hidden, attns = [h], []
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"{prefix}encoder.layer.{i}."
+
+        def split(x):
+            return x.reshape(b, t, heads, -1).transpose(0, 2, 1, 3)  # [B, H, T, hs]
+
+        q, k, v = (split(lin(h, p + f"attention.self.{n}")) for n in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+        scores = np.where(mask[:, None, None, :] > 0, scores, -np.inf)
+        probs = softmax(scores, -1)
+        attns.append(probs)
+        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, -1)
+        a = ln(h + lin(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+        h = ln(a + lin(act(lin(a, p + "intermediate.dense")), p + "output.dense"), p + "output.LayerNorm")
+        hidden.append(h)
+    out = {"hidden": hidden, "attn": attns}
+    if mlm:
+        x = ln(act(lin(h, "cls.predictions.transform.dense")), "cls.predictions.transform.LayerNorm")
+        if cfg.get("tie_word_embeddings", True):  # decoder = word embeddings, its bias = cls.predictions.bias
+            out["logits"] = x @ w[e + "word_embeddings.weight"].T + w["cls.predictions.bias"]
+        else:  # transformers 5: the decoder Linear's own weight and bias
+            out["logits"] = x @ w["cls.predictions.decoder.weight"].T + w["cls.predictions.decoder.bias"]
+    if pooler:
+        out["pooled"] = np.tanh(lin(h[:, 0], prefix + "pooler.dense"))
+    return out

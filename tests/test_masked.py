@@ -596,6 +596,127 @@ def test_fused_and_unfused_attention_agree(dtype, tol):
         np.testing.assert_allclose(ga[k], gb[k], atol=10 * tol, rtol=10 * tol, err_msg=k)
 
 
+# ---------------------------------------------------------------------------- attention with biases
+BIAS_SETS = {"all": ("bq", "bk", "bv", "bo"), "qkv": ("bq", "bk", "bv"), "k_only": ("bk",), "o_only": ("bo",)}
+
+
+def _biased_params(g, d, heads, which, rng, d_out=None):
+    """AttentionParams with random weights and the named biases set to large random values (a dropped or
+    misplaced bias changes the numbers)."""
+    p = AttentionParams.create(g, f"p{len(g.vars)}", d, heads, d_out=d_out)
+    g.set_value(p.wo, rng.normal(size=p.wo.shape) * 0.5)
+    hs = d // heads
+    bias = {
+        n: g.variable(f"{p.wq.name.split('/')[0]}/{n}", rng.normal(size=(d_out or d,) if n == "bo" else (heads, hs)))
+        for n in which
+    }
+    return AttentionParams(p.wq, p.wk, p.wv, p.wo, **bias)
+
+
+def _ref_args(g, p):
+    return {n: (g.get_value(getattr(p, n)) if getattr(p, n) is not None else None) for n in ("bq", "bk", "bv", "bo")}
+
+
+@pytest.mark.parametrize("which", BIAS_SETS)
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (np.float64, 1e-10)])
+def test_attention_with_biases_matches_reference(which, dtype, tol):
+    """Fused (biases as an extra input column of the fused op's weights) and unfused paths, self-attention,
+    huge values at padded positions, a row with a single valid key."""
+    g = Graph(seed=2, dtype=dtype)
+    x = g.placeholder("x", ("batch", "time", 6))
+    m = masked.mask_placeholder(g, "mask")
+    rng = np.random.default_rng(21)
+    p = _biased_params(g, 6, 2, BIAS_SETS[which], rng)
+    out, w = masked.multi_head_attention(Masked(x, m), p, return_weights=True, name="att")
+    unf = masked.multi_head_attention_unfused(Masked(x, m), p)
+    xs, ms = padded(rng, [5, 3, 1], 5, 6)
+    o, wt, ou = g.run({"x": xs, "mask": ms}, [out.value, w, unf.value])
+    ro, rw = R.attention(xs, xs, ms, ms, *_weights(g, p), **_ref_args(g, p))
+    np.testing.assert_allclose(o, ro, atol=tol, rtol=tol)
+    np.testing.assert_allclose(ou, ro, atol=tol, rtol=tol)
+    np.testing.assert_allclose(wt, rw, atol=tol, rtol=tol)
+    np.testing.assert_array_equal(o[ms == 0], 0.0)  # padded queries give 0, not bo
+    np.testing.assert_array_equal(ou[ms == 0], 0.0)
+    np.testing.assert_array_equal(wt * (1 - ms)[:, None, None, :], 0.0)  # a biased padded key still gets 0
+    # the biases matter (the same weights without them give other numbers), except a key bias alone: it adds
+    # q . bk to all of a query's scores, which the softmax ignores
+    plain, _ = R.attention(xs, xs, ms, ms, *_weights(g, p))
+    assert np.abs(plain - ro).max() > 1e-2 if which != "k_only" else np.abs(plain - ro).max() < 1e-9
+
+
+def test_cross_attention_with_biases_and_an_empty_context_row():
+    g = Graph(seed=5, dtype=np.float64)
+    xq = g.placeholder("xq", ("batch", "tq", 4))
+    xc = g.placeholder("xc", ("batch", "tk", 4))
+    mq = masked.mask_placeholder(g, "mq", ("batch", "tq"))
+    mc = masked.mask_placeholder(g, "mc", ("batch", "tk"), allow_empty_rows=True)
+    rng = np.random.default_rng(22)
+    p = _biased_params(g, 4, 2, BIAS_SETS["all"], rng, d_out=3)
+    out, w = masked.multi_head_attention(Masked(xq, mq), p, Masked(xc, mc), return_weights=True)
+    unf = masked.multi_head_attention_unfused(Masked(xq, mq), p, Masked(xc, mc))
+    q, mqs = padded(rng, [3, 2], 3, 4)
+    c, mcs = padded(rng, [4, 0], 5, 4)  # row 1: no valid key at all
+    fd = {"xq": q, "xc": c, "mq": mqs, "mc": mcs}
+    o, wt, ou = g.run(fd, [out.value, w, unf.value])
+    ro, rw = R.attention(q, c, mqs, mcs, *_weights(g, p), **_ref_args(g, p))
+    assert o.shape == (2, 3, 3)
+    np.testing.assert_allclose(o, ro, atol=1e-10)
+    np.testing.assert_allclose(ou, ro, atol=1e-10)
+    np.testing.assert_allclose(wt, rw, atol=1e-10)
+    np.testing.assert_array_equal(o[1], 0.0)  # no key: 0, not bo
+    for loss_out in (out, unf):
+        grads = g.gradients(fd, ops.sum(ops.square(loss_out.value)), wrt=[xq, xc, *p.variables()])
+        assert all(np.isfinite(a).all() for a in grads.values())
+        np.testing.assert_array_equal(grads["xq"][1], 0.0)
+        np.testing.assert_array_equal(grads["xc"][1], 0.0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_bias_gradients_match_finite_differences(fused):
+    g = Graph(seed=8, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 4))
+    m = masked.mask_placeholder(g, "mask")
+    rng = np.random.default_rng(23)
+    p = _biased_params(g, 4, 2, BIAS_SETS["all"], rng)
+    att = masked.multi_head_attention if fused else masked.multi_head_attention_unfused
+    out = att(Masked(x, m), p)
+    c = g.constant("c", rng.normal(size=(2, 4, 4)))
+    loss = ops.sum(ops.multiply(out.value, c))
+    xs, ms = padded(rng, [4, 2], 4, 4)
+    fd = {"x": xs, "mask": ms}
+    grads = g.gradients(fd, loss, wrt=[g["x"], *p.variables()])
+    W, B, cv = _weights(g, p), _ref_args(g, p), g.get_value(c)
+    fd_check(lambda a: float((R.attention(a, a, ms, ms, *W, **B)[0] * cv).sum()), xs, grads["x"], n=xs.size)
+    np.testing.assert_array_equal(grads["x"][ms == 0], 0.0)
+    for i, v in enumerate((p.wq, p.wk, p.wv, p.wo)):
+        f = lambda a, i=i: float((R.attention(xs, xs, ms, ms, *W[:i], a, *W[i + 1 :], **B)[0] * cv).sum())  # noqa: E731
+        fd_check(f, W[i], grads[v.name], n=W[i].size, seed=i)
+    for n in ("bq", "bk", "bv", "bo"):
+        v = getattr(p, n)
+        f = lambda a, n=n: float((R.attention(xs, xs, ms, ms, *W, **{**B, n: a})[0] * cv).sum())  # noqa: E731
+        fd_check(f, B[n], grads[v.name], n=B[n].size)
+        if n != "bk":
+            assert np.abs(grads[v.name]).max() > 1e-3, n
+    # a key bias adds q . bk to every key's score of a query: softmax ignores it, so its gradient is 0
+    np.testing.assert_allclose(grads[p.bk.name], 0.0, atol=1e-12)
+
+
+def test_attention_params_check_bias_shapes():
+    g = Graph()
+    p = AttentionParams.create(g, "p", 6, 2)
+    assert p.bq is None and p.bo is None and not p.has_input_biases
+    ok = AttentionParams(p.wq, p.wk, p.wv, p.wo, bk=g.variable("bk", np.zeros((2, 3))))
+    assert ok.has_input_biases and ok.head_size == 3 and len(ok.variables()) == 5
+    with pytest.raises(ValueError, match=r"bq must be \[heads, head_size\] = \(2, 3\)"):
+        AttentionParams(p.wq, p.wk, p.wv, p.wo, bq=g.variable("bq", np.zeros(6)))
+    with pytest.raises(ValueError, match=r"bo must be \[d_out\]"):
+        AttentionParams(p.wq, p.wk, p.wv, p.wo, bo=g.variable("bo", np.zeros(5)))
+    with pytest.raises(ValueError, match="wk"):
+        AttentionParams(p.wq, g.variable("wk2", np.zeros((3, 2, 6))), p.wv, p.wo)
+    full = AttentionParams.create(g, "q", 6, 2, biases=True)
+    assert [v.shape for v in full.variables()[4:]] == [(2, 3), (2, 3), (2, 3), (6,)]
+
+
 # =============================================================================== 5. cross-entropy
 def _xent_graph(ignore=-1, allow_empty=False):
     g = Graph(seed=0, dtype=np.float64)
@@ -921,3 +1042,32 @@ def test_cross_attention_gradients_match_finite_differences_with_tq_not_tk():
         fd_check(lambda a, i=i: ref(q, k, *W[:i], a, *W[i + 1 :]), W[i], grads[v.name], n=W[i].size, seed=i)
     np.testing.assert_array_equal(grads["xq"][mqs == 0], 0.0)
     np.testing.assert_array_equal(grads["xc"][mcs == 0], 0.0)
+
+
+def test_attention_output_width_is_wo_s_not_the_input_s():
+    """d_out != d_in: the output's static and run-time shapes follow wo [heads * head_size, d_out]."""
+    g = Graph(seed=0, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 6))
+    m = masked.mask_placeholder(g, "mask")
+    p = AttentionParams.create(g, "p", 6, 2, head_size=5, d_out=3)
+    out = masked.multi_head_attention(Masked(x, m), p)
+    assert out.shape == (None, None, 3)
+    rng = np.random.default_rng(0)
+    xs, ms = padded(rng, [4, 2], 4, 6)
+    got = g.run({"x": xs, "mask": ms}, out.value)
+    ref, _ = R.attention(np.where(ms[..., None] > 0, xs, 0), np.where(ms[..., None] > 0, xs, 0), ms, ms,
+                         *_weights(g, p))  # fmt: skip
+    assert got.shape == (2, 4, 3)
+    np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+def test_map_to_a_per_position_scalar_keeps_the_mask():
+    g = Graph(dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 3))
+    m = masked.mask_placeholder(g, "mask")
+    s = Masked(x, m).map(lambda v: ops.sum(v, -1))  # [batch, time]: still one value per position
+    assert isinstance(s, Masked) and s.shape == (None, None) and s.mask is m
+    xs = np.arange(12.0).reshape(2, 2, 3)
+    np.testing.assert_allclose(g.run({"x": xs, "mask": [[1, 1], [1, 0]]}, s.value), [[3, 12], [21, 0]])
+    with pytest.raises(MaskError, match="must return a \\[batch, time, ...\\] Var"):
+        Masked(x, m).map(lambda v: ops.sum(v, (1, 2)))

@@ -117,6 +117,23 @@ def np_gelu_sigmoid(x):
     return x / (1.0 + np.exp(-1.702 * x))
 
 
+_erf = np.vectorize(math.erf, otypes=[np.float64])  # the reference erf: Python's math.erf, elementwise
+
+
+def np_erf(x):
+    return _erf(np.asarray(x, np.float64))
+
+
+def np_gelu_exact(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np_erf(x / math.sqrt(2.0)))
+
+
+def np_gelu_tanh(x):
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
 def np_log_softmax(x, axis):
     s = x - x.max(axis=axis, keepdims=True)
     return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
@@ -266,6 +283,19 @@ def test_matmul_rank3_gradient_unknown_dims():
 
 def test_matmul_gradient_wrt_variables():
     check_grad(ops.matmul, [randn(2, 3, 4), randn(4, 2)], variables=True)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (2, 5, 3)], ids=["rank2", "rank3"])
+def test_matmul_transpose_b(shape):
+    a, w = randn(*shape), randn(4, 3)  # w is [n, k]: a @ w.T
+    got, out = forward(lambda x, y: ops.matmul(x, y, transpose_b=True), a, w,
+                       dims=[(None,) * (len(shape) - 1) + (3,), (4, 3)])  # fmt: skip
+    assert out.shape == (None,) * (len(shape) - 1) + (4,)
+    close(got, a @ w.T)
+    check_grad(lambda x, y: ops.matmul(x, y, transpose_b=True), [randn(*shape), randn(4, 3)], variables=True)
+    with pytest.raises(ValueError, match=r"inner dimensions differ: .* @ \(3, 4\).T"):
+        g = Graph()
+        ops.matmul(g.placeholder("p", shape), g.placeholder("q", (3, 4)), transpose_b=True)
 
 
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
@@ -606,10 +636,55 @@ def test_gather_gradient_is_fixed_for_the_whole_jvm():
     np.testing.assert_array_equal(got, ref)
 
 
+# ---------------------------------------------------------------------------- row select, reshape_like
+@pytest.mark.parametrize("fill", [0.0, -np.inf])
+def test_select_rows_matches_numpy_and_never_reads_the_other_row(fill):
+    x = randn(6, 3, 2)
+    y = np.full_like(x, fill)
+    keep = np.array([True, False, True, True, False, False])
+    x[~keep] = np.nan  # unchosen rows of x hold NaN: a select never reads them
+    got, out = forward(lambda a, b, c: ops.select_rows(c, a, b), x, y, keep)
+    np.testing.assert_array_equal(got, np.where(keep[:, None, None], x, y))
+    assert out.shape == x.shape
+
+
+def test_select_rows_gradient():
+    keep = np.array([True, False, True, False])
+    g = Graph(dtype=np.float64)
+    a, b = g.variable("a", randn(4, 3)), g.variable("b", randn(4, 3))
+    cond = g.constant("keep", keep)
+    w = RNG.uniform(0.5, 1.5, (4, 3))
+    got = g.gradients({}, ops.sum(ops.multiply(ops.select_rows(cond, a, b), w)), [a, b])
+    np.testing.assert_array_equal(got["a"], np.where(keep[:, None], w, 0.0))
+    np.testing.assert_array_equal(got["b"], np.where(keep[:, None], 0.0, w))
+
+
+def test_select_rows_and_reshape_like_refuse_bad_inputs():
+    g = Graph()
+    x = g.placeholder("x", (4, 3))
+    with pytest.raises(TypeError, match="1-D bool"):
+        ops.select_rows(g.placeholder("c", (4, 3), "bool"), x, x)
+    with pytest.raises(ValueError, match="cond has 3 entries, x has 4 rows"):
+        ops.select_rows(g.placeholder("c3", (3,), "bool"), x, x)
+    with pytest.raises(ValueError, match="equal shapes"):
+        ops.select_rows(g.placeholder("c4", (4,), "bool"), x, g.placeholder("y", (4, 2)))
+
+
+def test_reshape_like_restores_unknown_dims():
+    a = randn(2, 3, 4)
+    got, out = forward(lambda x: ops.reshape_like(ops.reshape(x, (-1, 4)) * 2.0, x), a, dims=[(None, None, 4)])
+    np.testing.assert_array_equal(got, a * 2)
+    assert out.shape == (None, None, 4)
+    check_grad(lambda x: ops.reshape_like(ops.reshape(x, (-1, 2)), x), [randn(2, 3, 2)], dims=[(None, None, 2)])
+
+
 # ---------------------------------------------------------------------------- activations
 UNARY = {
     "relu": (ops.relu, lambda x: np.maximum(x, 0), away_from_zero),
-    "gelu": (ops.gelu, np_gelu_sigmoid, away_from_zero),
+    "gelu": (ops.gelu, np_gelu_exact, away_from_zero),
+    "gelu_tanh": (lambda x: ops.gelu(x, "tanh"), np_gelu_tanh, away_from_zero),
+    "gelu_sigmoid": (lambda x: ops.gelu(x, approximate="sigmoid"), np_gelu_sigmoid, away_from_zero),
+    "erf": (ops.erf, np_erf, away_from_zero),
     "tanh": (ops.tanh, np.tanh, away_from_zero),
     "sigmoid": (ops.sigmoid, lambda x: 1 / (1 + np.exp(-x)), away_from_zero),
     "exp": (ops.exp, np.exp, away_from_zero),
@@ -639,13 +714,69 @@ def test_relu_method_and_zero():
     np.testing.assert_array_equal(got, [0.0, 0.0, 2.0])
 
 
-def test_gelu_is_the_sigmoid_form_not_erf():
+def test_gelu_sigmoid_is_dl4js_form_not_erf():
     x = np.linspace(-4, 4, 81)
-    got, _ = forward(ops.gelu, x, dtype=np.float64)
+    got, _ = forward(lambda v: ops.gelu(v, approximate="sigmoid"), x, dtype=np.float64)
     # libnd4j's constant is the float 1.702f even in double precision (visible at ~1e-7 relative)
     np.testing.assert_allclose(got, x / (1.0 + np.exp(-float(np.float32(1.702)) * x)), rtol=1e-12, atol=1e-12)
-    erf_form = 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-    assert np.max(np.abs(got - erf_form)) > 1e-2  # documents which GELU this is
+    assert np.max(np.abs(got - np_gelu_exact(x))) > 1e-2  # documents which GELU this is
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-14), (np.float32, 3e-7)])
+def test_erf_and_gelu_forms_over_a_wide_range(dtype, tol):
+    """Many points, tails included (erf saturates; gelu -> 0 on the left, -> x on the right): float64 agrees
+    with math.erf to rounding, float32 to about one ulp of the output's scale."""
+    x = np.concatenate([np.linspace(-10, 10, 2001), [-30.0, -6.5, 1e-6, -1e-6, 6.5, 30.0]]).astype(dtype)
+    g = Graph(dtype=dtype)
+    v = g.placeholder("x", (None,))
+    outs = g.run({"x": x}, [ops.erf(v), ops.gelu(v), ops.gelu(v, "tanh"), ops.gelu(v, approximate="none")])
+    for got, ref in zip(outs, [np_erf(x), np_gelu_exact(x), np_gelu_tanh(x), np_gelu_exact(x)], strict=True):
+        assert got.dtype == dtype
+        err = np.abs(got - ref) / np.maximum(1.0, np.abs(ref))
+        assert err.max() <= tol, (float(err.max()), float(x[np.argmax(err)]))
+    # the three forms are different functions: the defaults must not silently swap
+    assert np.max(np.abs(np_gelu_tanh(x) - np_gelu_exact(x))) > 1e-4
+    assert np.max(np.abs(np_gelu_sigmoid(x) - np_gelu_exact(x))) > 1e-2
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh", "sigmoid"])
+def test_gelu_gradient_including_tails(approximate):
+    """Float64 central differences around 0, in the bend and in both tails."""
+    x = np.array([[-7.0, -3.0, -1.3, -0.4, 0.05], [0.3, 0.9, 1.7, 3.2, 6.0]])
+    check_grad(lambda v: ops.gelu(v, approximate), [x])
+
+
+def test_erf_gradient_matches_the_analytic_derivative():
+    """M2.1's Erf.doDiff is 2/sqrt(pi) exp(-x^2) times the upstream gradient: checked against the formula
+    (not only finite differences) with a non-constant upstream gradient."""
+    x = np.linspace(-3, 3, 25)
+    w = np.random.default_rng(3).uniform(0.5, 1.5, x.shape)
+    g = Graph(dtype=np.float64)
+    v = g.variable("x", x)
+    got = g.gradients({}, ops.sum(ops.multiply(ops.erf(v), w)), [v])["x"]
+    np.testing.assert_allclose(got, w * 2.0 / math.sqrt(math.pi) * np.exp(-(x**2)), rtol=1e-13, atol=1e-15)
+
+
+def test_gelu_refuses_unknown_forms_and_ints():
+    g = Graph()
+    x = g.placeholder("x", (2,))
+    with pytest.raises(ValueError, match="approximate must be one of 'none', 'tanh', 'sigmoid'"):
+        ops.gelu(x, "erf")
+    with pytest.raises(ValueError, match="approximate"):
+        ops.gelu(x, approximate=True)
+    with pytest.raises(TypeError, match="float"):
+        ops.gelu(g.placeholder("i", (2,), "int32"))
+    with pytest.raises(TypeError, match="float"):
+        ops.erf(g.placeholder("j", (2,), "int32"))
+
+
+def test_gelu_names_are_scoped():
+    g = Graph()
+    x = g.placeholder("x", (2,))
+    assert ops.gelu(x, name="act").name == "act"
+    assert ops.gelu(x, "tanh", name="act2").name == "act2"
+    assert ops.gelu(x, "sigmoid", name="act3").name == "act3"
+    assert ops.gelu(x).name != ops.gelu(x).name
 
 
 # ---------------------------------------------------------------------------- softmax family
@@ -735,6 +866,20 @@ def test_layer_norm_gradient(axis):
 
 def test_layer_norm_fused_gradient():
     check_grad(lambda x, gn, b: ops.layer_norm(x, -1, gn, b, eps=0.0), [randn(2, 3, 4), randn(4), randn(4)])
+
+
+def test_layer_norm_at_berts_eps_1e_12():
+    """BERT's layer_norm_eps=1e-12 (the unfused form): float32 agrees with a float64 numpy reference to rounding
+    on rows of ordinary scale and on a row of tiny (1e-4) spread; a constant row gives 0 (0 / sqrt(1e-12)), finite,
+    with finite gradients."""
+    a = np.concatenate([randn(3, 32) * 3 + 1, 5 + 1e-4 * randn(1, 32), np.full((1, 32), 2.5, np.float32)])
+    gain, bias = RNG.uniform(0.5, 1.5, 32).astype(np.float32), randn(32)
+    got, _ = forward(lambda x, gn, b: ops.layer_norm(x, -1, gn, b, eps=1e-12), a, gain, bias)
+    ref = np_layer_norm(a.astype(np.float64), -1, gain, bias, eps=1e-12)
+    np.testing.assert_allclose(got[:3], ref[:3], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(got[3], ref[3], rtol=0, atol=5e-2)  # 1e-4 spread around 5: float32 keeps ~3 digits
+    np.testing.assert_array_equal(got[4], bias)
+    check_grad(lambda x, gn, b: ops.layer_norm(x, -1, gn, b, eps=1e-12), [randn(2, 8), randn(8), randn(8)])
 
 
 def test_layer_norm_names_are_scoped():

@@ -35,22 +35,83 @@ BIG = 1e9  # DL4J's additive key-mask offset, reproduced by the unfused formulat
 @dataclass
 class AttentionParams:
     """Weights of multi-head attention in DL4J's layout: ``wq/wk/wv [heads, head_size, d_in]``,
-    ``wo [heads * head_size, d_out]``. A plain object: build it with :meth:`create` or from your own Vars."""
+    ``wo [heads * head_size, d_out]``, and optional biases ``bq/bk/bv [heads, head_size]`` (added to each
+    head's projection) and ``bo [d_out]`` (added to the output). A plain object: build it with :meth:`create`
+    or from your own Vars (e.g. a loaded checkpoint).
+
+    With biases, head ``h`` computes ``q_h = x @ wq[h].T + bq[h]`` (likewise ``k_h``, ``v_h``) and the output
+    is ``concat_h(attn_h) @ wo + bo``: a Hugging Face ``nn.Linear`` ``[out, in]`` weight ``W`` of ``heads *
+    head_size`` outputs is ``W.reshape(heads, head_size, d_in)`` here, its bias ``b.reshape(heads, head_size)``.
+    """
 
     wq: Var
     wk: Var
     wv: Var
     wo: Var
+    bq: Var | None = None
+    bk: Var | None = None
+    bv: Var | None = None
+    bo: Var | None = None
+
+    def __post_init__(self) -> None:
+        for n in ("wq", "wk", "wv"):
+            w = getattr(self, n)
+            if w.rank != 3:
+                raise ValueError(f"AttentionParams.{n} must be [heads, head_size, d_in], {w.name!r} has {w.shape}")
+        if self.wo.rank != 2:
+            raise ValueError(
+                f"AttentionParams.wo must be [heads * head_size, d_out], {self.wo.name!r} has {self.wo.shape}"
+            )
+        heads, hs = self.wq.shape[0], self.wq.shape[1]
+        for n in ("wk", "wv"):
+            w = getattr(self, n)
+            if tuple(w.shape[:2]) != (heads, hs):
+                raise ValueError(
+                    f"AttentionParams.{n} {w.shape} does not match wq {self.wq.shape} on [heads, head_size]"
+                )
+        if None not in (heads, hs) and self.wo.shape[0] not in (None, heads * hs):
+            raise ValueError(f"AttentionParams.wo {self.wo.shape} must have heads * head_size = {heads * hs} rows")
+        for n in ("bq", "bk", "bv"):
+            b = getattr(self, n)
+            if b is not None and tuple(b.shape) != (heads, hs):
+                raise ValueError(
+                    f"AttentionParams.{n} must be [heads, head_size] = {(heads, hs)}, {b.name!r} has {b.shape}"
+                )
+        if self.bo is not None and tuple(self.bo.shape) != (self.wo.shape[1],):
+            raise ValueError(
+                f"AttentionParams.bo must be [d_out] = ({self.wo.shape[1]},), {self.bo.name!r} has {self.bo.shape}"
+            )
 
     @property
     def heads(self) -> int:
         return int(self.wq.shape[0])
 
+    @property
+    def head_size(self) -> int:
+        return int(self.wq.shape[1])
+
+    @property
+    def has_input_biases(self) -> bool:
+        return any(b is not None for b in (self.bq, self.bk, self.bv))
+
+    def variables(self) -> list[Var]:
+        """Every Var of these parameters (weights, then the biases that are set)."""
+        return [v for v in (self.wq, self.wk, self.wv, self.wo, self.bq, self.bk, self.bv, self.bo) if v is not None]
+
     @classmethod
     def create(
-        cls, graph: Graph, name: str, d_in: int, heads: int, head_size: int | None = None, d_out: int | None = None
+        cls,
+        graph: Graph,
+        name: str,
+        d_in: int,
+        heads: int,
+        head_size: int | None = None,
+        d_out: int | None = None,
+        *,
+        biases: bool = False,
     ) -> AttentionParams:
-        """Glorot-uniform weights for ``heads`` heads of ``head_size`` (default ``d_in // heads``)."""
+        """Glorot-uniform weights for ``heads`` heads of ``head_size`` (default ``d_in // heads``); with
+        ``biases``, zero ``bq, bk, bv, bo`` too."""
         if head_size is None and d_in % heads:
             raise ValueError(f"d_in={d_in} is not divisible by heads={heads}: pass head_size explicitly")
         hs = head_size or d_in // heads
@@ -59,7 +120,18 @@ class AttentionParams:
             # fan_in of each projection is d_in; glorot over [heads*hs, d_in]
             lim = np.sqrt(6.0 / (d_in + heads * hs))
             mk = lambda n: graph.variable(n, graph.rng.uniform(-lim, lim, (heads, hs, d_in)))  # noqa: E731
-            return cls(mk("wq"), mk("wk"), mk("wv"), graph.variable("wo", shape=(heads * hs, d_out)))
+            ws = (mk("wq"), mk("wk"), mk("wv"), graph.variable("wo", shape=(heads * hs, d_out)))
+            if not biases:
+                return cls(*ws)
+            zb = lambda n: graph.variable(n, np.zeros((heads, hs)))  # noqa: E731
+            return cls(*ws, zb("bq"), zb("bk"), zb("bv"), graph.variable("bo", np.zeros(d_out)))
+
+
+def _with_bias_column(g: Graph, w: Var, b: Var | None, name: str) -> Var:
+    """``[heads, hs, d_in] -> [heads, hs, d_in + 1]``: the bias (or zeros) as the weight of one extra input
+    feature, so that a projection of ``[x, 1]`` is ``x @ w.T + b`` exactly (the fused op has no biases)."""
+    col = ops.expand_dims(b, -1) if b is not None else g.constant(None, np.zeros((w.shape[0], w.shape[1], 1)), w.dtype)
+    return ops.concat([w, col], 2, name=name)
 
 
 def _queries_to_keep(query_mask: Var, key_mask: Var) -> Var:
@@ -83,7 +155,9 @@ def multi_head_attention(
 
     Args:
         query: Masked ``[batch, Tq, d_in]``.
-        params: the projections (:class:`AttentionParams`, DL4J's layout).
+        params: the projections (:class:`AttentionParams`, DL4J's layout), with optional biases ``bq, bk, bv``
+            (fed to the fused op as one extra input feature, equal to the mask, whose weights are the biases:
+            exact) and ``bo`` (added to the output at valid queries).
         context: Masked ``[batch, Tk, d_in]`` keys/values (default ``query``); its mask masks the keys.
         scaled: divide scores by ``sqrt(head_size)``.
         return_weights: also return the attention weights ``[batch, heads, Tq, Tk]`` (inspection only:
@@ -120,18 +194,32 @@ def multi_head_attention(
     heads = params.heads
     base = g.unique_name("attention", name)
     with g.scope(base.split("/")[-1]):
-        q = ops.transpose(query.zeroed(), (0, 2, 1), name="q_cf")  # channels-first for DL4J
-        kv = q if context is query else ops.transpose(context.zeroed(), (0, 2, 1), name="kv_cf")
         key_mask = context.mask
-        parents = (q, kv, params.wq, params.wk, params.wv, params.wo, key_mask)
+        wq, wk, wv = params.wq, params.wk, params.wv
+        if params.has_input_biases:
+            # DL4J's fused op has no biases: append one feature that is 1 at valid positions (the mask itself, so
+            # padded positions stay exactly 0) and put each bias in as that feature's weight column. Exact: the
+            # extra product is b * 1.0 (and 0 at padding: a padded key is removed by the key mask anyway).
+            def augment(v: Masked, n: str) -> Var:
+                feat = ops.expand_dims(v.mask, 1)  # [batch, 1, T]
+                return ops.concat([ops.transpose(v.zeroed(), (0, 2, 1)), feat], 1, name=n)
+
+            q = augment(query, "q_cf")
+            kv = q if context is query else augment(context, "kv_cf")
+            wq = _with_bias_column(g, params.wq, params.bq, "wq_b")
+            wk = _with_bias_column(g, params.wk, params.bk, "wk_b")
+            wv = _with_bias_column(g, params.wv, params.bv, "wv_b")
+        else:
+            q = ops.transpose(query.zeroed(), (0, 2, 1), name="q_cf")  # channels-first for DL4J
+            kv = q if context is query else ops.transpose(context.zeroed(), (0, 2, 1), name="kv_cf")
+        parents = (q, kv, wq, wk, wv, params.wo, key_mask)
         d_out = params.wo.shape[1]
         b_, tq, tk = query.value.shape[0], query.value.shape[1], context.value.shape[1]
 
         def build(weights: bool) -> Callable[[str], Any]:
             def f(n: str) -> Any:
                 outs = _jvm.bridge().attention(
-                    g.sd, n, q.j, kv.j, kv.j, params.wq.j, params.wk.j, params.wv.j, params.wo.j,
-                    key_mask.j, bool(scaled), weights,
+                    g.sd, n, q.j, kv.j, kv.j, wq.j, wk.j, wv.j, params.wo.j, key_mask.j, bool(scaled), weights,
                 )  # fmt: skip
                 return outs[1] if weights else outs[0]
 
@@ -139,6 +227,8 @@ def multi_head_attention(
 
         raw = g.op("dl4j_mha", None, build(False), (b_, d_out, tq), query.dtype, parents)
         out_tq = ops.transpose(raw, (0, 2, 1), name="out_raw")
+        if params.bo is not None:
+            out_tq = ops.add(out_tq, params.bo, name="out_bias")
         # zero padded queries, and queries that have no valid key at all (DL4J would average all keys)
         keep_q = _queries_to_keep(query.mask, key_mask)  # [batch, Tq]
         out = select_valid(out_tq, keep_q)
@@ -163,12 +253,13 @@ def unfused_attention_core(
     """
     heads, hs = p.heads, int(p.wq.shape[1])
 
-    def project(x: Var, w: Var, h: int) -> Var:  # [B, T, F] @ w[h].T -> [B, T, hs]
-        return ops.matmul(x, ops.transpose(w[h]))
+    def project(x: Var, w: Var, h: int, b: Var | None = None) -> Var:  # [B, T, F] @ w[h].T (+ b[h]) -> [B, T, hs]
+        y = ops.matmul(x, ops.transpose(w[h]))
+        return y if b is None else ops.add(y, b[h])
 
     per_head = []
     for h in range(heads):
-        s = ops.batch_matmul(project(kv, p.wk, h), project(q, p.wq, h), transpose_b=True)  # [B, Tk, Tq]
+        s = ops.batch_matmul(project(kv, p.wk, h, p.bk), project(q, p.wq, h, p.bq), transpose_b=True)  # [B, Tk, Tq]
         per_head.append(s)
     scores = ops.stack(per_head, 1)  # [B, H, Tk, Tq]
     if scaled:
@@ -177,8 +268,9 @@ def unfused_attention_core(
         km = ops.expand_dims(ops.expand_dims(key_mask, 1), -1)  # [B, 1, Tk, 1]
         scores = ops.add(scores, ops.multiply(ops.subtract(km, 1.0), BIG))
     weights = ops.softmax(scores, softmax_axis)
-    ctx = [ops.batch_matmul(weights[:, h], project(kv, p.wv, h), transpose_a=True) for h in range(heads)]
-    return ops.matmul(ops.concat(ctx, -1), p.wo), weights  # heads concatenated head-major, as DL4J does
+    ctx = [ops.batch_matmul(weights[:, h], project(kv, p.wv, h, p.bv), transpose_a=True) for h in range(heads)]
+    out = ops.matmul(ops.concat(ctx, -1), p.wo)  # heads concatenated head-major, as DL4J does
+    return (out if p.bo is None else ops.add(out, p.bo)), weights
 
 
 def multi_head_attention_unfused(query: Masked, params: AttentionParams, context: Masked | None = None) -> Masked:

@@ -164,6 +164,27 @@ public final class Bridge {
         return sd.reshape(name, y, sd.concat(name + "/outshape", 0, lead, tail));
     }
 
+    /** {@link #matmulLast} with {@code w} used transposed ({@code [e, d]}: {@code x @ w.T}) without copying it. */
+    public static SDVariable matmulLastT(SameDiff sd, String name, SDVariable x, SDVariable w, int rank, long d,
+                                         long e) {
+        SDVariable flat = sd.reshape(name + "/flat", x, -1, d);
+        SDVariable y = sd.mmul(name + "/mmul", flat, w, false, true, false);
+        SDVariable lead = sd.stridedSlice(name + "/lead", sd.shape(name + "/shape", x), new long[]{0},
+                                          new long[]{rank - 1}, new long[]{1});
+        SDVariable tail = sd.constant(name + "/tail", Nd4j.createFromArray(new long[]{e}).castTo(lead.dataType()));
+        return sd.reshape(name, y, sd.concat(name + "/outshape", 0, lead, tail));
+    }
+
+    /** {@code x @ w.T} for rank-2 operands, without copying {@code w}. */
+    public static SDVariable matmulT(SameDiff sd, String name, SDVariable x, SDVariable w) {
+        return sd.mmul(name, x, w, false, true, false);
+    }
+
+    /** {@code x} reshaped to {@code like}'s run-time shape (same element count; dims unknown when building). */
+    public static SDVariable reshapeLike(SameDiff sd, String name, SDVariable x, SDVariable like) {
+        return sd.reshape(name, x, sd.shape(name + "/shape", like));
+    }
+
     public static SDVariable gather(SameDiff sd, String name, SDVariable table, SDVariable ids, int axis) {
         return FixedOps.gather(sd, name, table, ids, axis);
     }
