@@ -4,8 +4,6 @@ differences; pad-invariance under right and left padding; the M2.1 facts that de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import reference as R
@@ -126,28 +124,16 @@ def test_conv1d_validates_arguments():
 
 
 # ============================================================================ causal attention
-@dataclass
-class BiasedParams(AttentionParams):
-    """AttentionParams with the optional biases another branch adds (accepted when present)."""
-
-    bq: object = None
-    bk: object = None
-    bv: object = None
-    bo: object = None
-
-
 def _causal_graph(dtype, side, biases=False, seed=7, d=6, heads=2, d_out=5, allow_empty=True):
     g = Graph(seed=seed, dtype=dtype)
     x = g.placeholder("x", ("batch", "time", d))
     masked.mask_placeholder(g, "mask", padding=side, allow_empty_rows=allow_empty)
-    p = AttentionParams.create(g, "a", d, heads, d_out=d_out)
+    p = AttentionParams.create(g, "a", d, heads, d_out=d_out, biases=biases)
     g.set_value(p.wo, np.random.default_rng(seed).normal(size=p.wo.shape))
-    if biases:
+    if biases:  # AttentionParams' optional biases (bq/bk/bv [heads, head_size], bo [d_out]), non-zero
         rng = np.random.default_rng(seed + 1)
-        hs = d // heads
-        p = BiasedParams(p.wq, p.wk, p.wv, p.wo, g.variable("bq", rng.normal(size=(heads, hs))),
-                         g.variable("bk", rng.normal(size=heads * hs)), g.variable("bv", rng.normal(size=heads * hs)),
-                         g.variable("bo", rng.normal(size=d_out)))  # fmt: skip
+        for b in (p.bq, p.bk, p.bv, p.bo):
+            g.set_value(b, rng.normal(size=b.shape))
     return g, x, p
 
 

@@ -16,8 +16,8 @@ row gives zeros with zero gradients.
 
 Pad-invariant for right AND left padding (positions are compared by index, and padded keys get exactly 0
 weight). Weights use the same parameters as :func:`~samediff_py.masked.multi_head_attention`
-(:class:`~samediff_py.masked.AttentionParams`, DL4J's layout), including optional biases ``bq``, ``bk``,
-``bv`` (``[heads * head_size]`` or ``[heads, head_size]``) and ``bo`` (``[d_out]``) when the params carry them.
+(:class:`~samediff_py.masked.AttentionParams`, DL4J's layout), including its optional biases ``bq``, ``bk``,
+``bv`` (``[heads, head_size]``) and ``bo`` (``[d_out]``).
 """
 
 from __future__ import annotations
