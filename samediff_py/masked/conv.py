@@ -18,8 +18,11 @@ padding    definition (k = kernel width, d = dilation; zeros outside each row's 
 Weights ``[k, in, out]`` (DL4J's ``conv1d`` layout). Computed as ONE row gather and ONE matrix product: for each
 position the rows of its k taps (a zero row for taps on padding or outside the row) side by side,
 ``[positions, k * in] @ [k * in, out]``. The same numbers as DL4J's ``conv1d`` in ``SAME`` / ``CAUSAL`` mode
-(tests/test_sequence_ops.py), whose backward pass is ~15x slower in M2.1, with no select (M2.1's select op works
-element by element, ~200x slower than a gather) and ~6 SameDiff ops per layer in a stack.
+(tests/test_sequence_ops.py), with the masking built in and no select. Measured (M2.1, 1 thread, one layer,
+forward + backward, op time): at ``[32, 128, 128]`` 27-54 ms vs 91-119 ms for DL4J's ``conv1d`` without any
+masking (its ``conv1d_bp`` dominates); at ``[16, 64, 64]`` about equal (9-10 vs 8-11 ms), where SameDiff's
+per-op cost dominates both. In a stack each further layer adds ~6 ops (the row and tap indices are built once
+per mask).
 
 >>> import numpy as np
 >>> from samediff_py import Graph, masked

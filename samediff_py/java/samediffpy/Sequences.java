@@ -271,33 +271,6 @@ public final class Sequences {
         return new SDVariable[]{sd.updateVariableNameAndReference(y, name), h};
     }
 
-    /**
-     * conv1d (NWC, stride 1) as ONE matrix product: the k dilated, shifted copies of x (zeros outside the
-     * sequence) side by side along channels {@code [B, T, k*C]}, times w reshaped {@code [k*C, O]} (+ b).
-     * {@code left}/{@code right}: zero steps added before/after the sequence ((k-1)*d in total). The same
-     * numbers as libnd4j's conv1d (identical in float64, measured), whose backward pass is ~15x slower in M2.1
-     * (conv1d_bp 24 ms vs 1.5 ms for this form's whole forward + backward at [16, 64, 64], k 3).
-     */
-    public static SDVariable conv1dMatmul(SameDiff sd, String name, SDVariable x, SDVariable w, SDVariable b, int k,
-                                          int dilation, int left, int right, long c, long o) {
-        SDVariable pads = sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {left, right}, {0, 0}}));
-        SDVariable xp = sd.nn().pad(x, pads, 0.0);
-        SDVariable lead = sd.stridedSlice(sd.shape(x), new long[]{0}, new long[]{2}, new long[]{1});
-        SDVariable t = sd.castTo(sd.stridedSlice(lead, new long[]{1}, new long[]{2}, new long[]{1}), DataType.INT);
-        SDVariable size = sd.concat(0, sd.constant(Nd4j.createFromArray(new int[]{-1})), t,
-                sd.constant(Nd4j.createFromArray(new int[]{-1})));
-        SDVariable[] taps = new SDVariable[k];
-        for (int j = 0; j < k; j++) {
-            taps[j] = sd.slice(xp, sd.constant(Nd4j.createFromArray(new int[]{0, j * dilation, 0})), size);
-        }
-        SDVariable cols = k == 1 ? taps[0] : sd.concat(2, taps);                          // [B, T, k*C]
-        SDVariable y = sd.mmul(sd.reshape(cols, -1, k * c), sd.reshape(w, k * c, o));   // [B*T, O]
-        if (b != null) y = y.add(b);
-        SDVariable outShape = sd.concat(0, lead, sd.constant(Nd4j.createFromArray(new long[]{o})
-                .castTo(lead.dataType())));
-        return sd.reshape(name, y, outShape);
-    }
-
     /** M2.1's fused gru op (time-major x [T, B, nIn], hI [B, n] required): for the tests that document it. */
     public static SDVariable stockGru(SameDiff sd, String name, SDVariable x, SDVariable hI, SDVariable wx,
                                       SDVariable wh, SDVariable b) {
@@ -438,7 +411,8 @@ public final class Sequences {
     // ======================================================================================== conv1d
 
     /**
-     * conv1d over {@code [B, T, C]} (NWC), weights {@code [k, C, oC]}, bias {@code [oC]} or null, stride 1.
+     * DL4J's conv1d over {@code [B, T, C]} (NWC), weights {@code [k, C, oC]}, bias {@code [oC]} or null, stride 1
+     * (for the tests: masked.conv1d computes the same as a tap gather + matmul; conv1d_bp is slow in M2.1).
      * paddingMode: 0 VALID, 1 SAME (TF convention: extra pad on the right), 2 CAUSAL (left pad (k-1)*d).
      */
     public static SDVariable conv1d(SameDiff sd, String name, SDVariable x, SDVariable w, SDVariable b, long k,
