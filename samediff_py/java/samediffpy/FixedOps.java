@@ -37,6 +37,8 @@ public final class FixedOps {
         if (registered) return;
         put("gather", FixedGather.class);
         put("select", FixedSelect.class);
+        put("lstmLayer", Sequences.FixedLstm.class);  // masked LSTM: gradient with lengths, loadable files
+        put("cumsum", Sequences.FixedCumSum.class);
         registered = true;
     }
 

@@ -1,0 +1,155 @@
+"""Zeroing padded positions fast: a row gather instead of libnd4j's element-wise ``select``.
+
+``mask_rows(value, mask)`` gives exactly what ``select_valid(value, mask)`` gives (the value at valid positions,
+0 at padded ones, whatever they held: NaN, inf, 1e30; no gradient into padding), for ``[batch, time, F...]``
+values with static trailing dimensions: the rows of ``value`` (one per position) followed by one zero row are
+gathered, padded positions reading the zero row. Its gradient is the gather's scatter-add, which sends padded
+positions' upstream gradients to that zero row, where they are dropped (NaN there included).
+
+Measured in M2.1 (op time, 1 thread): at ``[16, 64, 128]`` float32, forward 0.06 ms for the gather vs 13 ms for
+libnd4j's elementwise ``select``; at ``[32, 128, 128]``, forward + backward 10.6 ms vs 14.3 ms for the row form
+of select (:func:`samediff_py.ops.select_rows`, which :func:`~samediff_py.masked.value.select_valid` uses), and
+7-9 ms for the same graph without any zeroing. The masked sequence layers use this module because it also
+records which values are already zero at padding (zeroing them again is skipped) and lets a convolution stack
+pass rows from layer to layer.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from .. import _jvm, ops
+from ..errors import MaskError
+from ..graph import Var
+
+__all__ = ["mask_rows", "zero_padding"]
+
+# Per mask Var: its row index, and tap indices per kernel config (built once per mask)
+_INDEX: weakref.WeakKeyDictionary[Var, Var] = weakref.WeakKeyDictionary()
+_TAPS: weakref.WeakKeyDictionary[Var, dict[tuple[int, int, int, int], Var]] = weakref.WeakKeyDictionary()
+# Var -> the mask whose padded positions it holds as exact 0
+_ZERO: weakref.WeakKeyDictionary[Var, weakref.ref] = weakref.WeakKeyDictionary()
+# [batch, time, F...] Var -> (mask, [batch*time, prod(F)] Var with the same rows at the mask's VALID positions)
+_FLAT: weakref.WeakKeyDictionary[Var, tuple[weakref.ref, Var]] = weakref.WeakKeyDictionary()
+
+
+def _seq():
+    return _jvm.jclass("samediffpy.Sequences")
+
+
+def row_index(mask: Var) -> Var:
+    """``[batch * time]`` int32: each valid position's own row, ``batch * time`` (the zero row) at padding."""
+    idx = _INDEX.get(mask)
+    if idx is None:
+        g = mask.graph
+        idx = g.op("mask_row_index", None, lambda n: _seq().maskRowIndex(g.sd, n, mask.j), (None,), np.int32, (mask,))
+        _INDEX[mask] = idx
+    return idx
+
+
+def tap_index(mask: Var, k: int, dilation: int, left: int, right: int) -> Var:
+    """``[batch * time * k]`` int32: the rows a masked 1-d convolution reads (see ``Sequences.convTapIndex``)."""
+    cache = _TAPS.setdefault(mask, {})
+    key = (int(k), int(dilation), int(left), int(right))
+    if key not in cache:
+        g = mask.graph
+        cache[key] = g.op(
+            "conv_tap_index", None, lambda n: _seq().convTapIndex(g.sd, n, mask.j, *key), (None,), np.int32, (mask,)
+        )
+    return cache[key]
+
+
+def gather_rows(flat: Var, index: Var, name: str | None = None) -> Var:
+    """``[rows of flat; a zero row][index]`` for ``flat [n, F]``: an index equal to ``n`` reads zeros."""
+    g = flat.graph
+    zero = g.constant(None, np.zeros((1, flat.shape[1]), flat.dtype))
+    return g.op(
+        "gather_rows",
+        name,
+        lambda nm: _seq().gatherRows(g.sd, nm, flat.j, index.j, zero.j),
+        (index.shape[0], flat.shape[1]),
+        flat.dtype,
+        (flat, index, zero),
+    )
+
+
+def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = None) -> Var:
+    """``[batch * time, prod(rest)] -> [batch, time, *rest]`` (batch and time from the mask at run time)."""
+    g = flat.graph
+    return g.op(
+        "unflatten",
+        name,
+        lambda n: _seq().unflatten(g.sd, n, flat.j, mask.j, [int(r) for r in rest]),
+        (mask.shape[0], mask.shape[1], *rest),
+        flat.dtype,
+        (flat, mask),
+    )
+
+
+def flat_rows(value: Var, mask: Var) -> Var:
+    """``value [batch, time, F...]`` as ``[batch * time, prod(F)]`` rows (valid rows exact; a recorded flat
+    twin is reused, so layers that pass rows along add no reshape)."""
+    hit = _FLAT.get(value)
+    if hit is not None and hit[0]() is mask:
+        return hit[1]
+    row = int(np.prod(value.shape[2:])) if value.rank > 2 else 1
+    return ops.reshape(value, (-1, row))
+
+
+def record_flat(value: Var, mask: Var, flat: Var) -> Var:
+    """Record that ``flat`` holds ``value``'s rows at ``mask``'s valid positions."""
+    _FLAT[value] = (weakref.ref(mask), flat)
+    return value
+
+
+def mark_zero_padded(value: Var, mask: Var) -> Var:
+    """Record that ``value`` holds exact zeros at ``mask``'s padded positions (so zeroing it again is skipped)."""
+    _ZERO[value] = weakref.ref(mask)
+    return value
+
+
+def is_zero_padded(value: Var, mask: Var) -> bool:
+    ref = _ZERO.get(value)
+    return ref is not None and ref() is mask
+
+
+def mask_rows(value: Var, mask: Var, name: str | None = None) -> Var:
+    """``value`` with its padded positions (``mask == 0``) set to exactly 0; ``value`` is ``[batch, time, F...]``
+    with ``F...`` known when building, ``mask`` ``[batch, time]`` (0/1).
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph, masked
+    >>> g = Graph()
+    >>> x = g.placeholder("x", ("batch", "time", 2))
+    >>> m = masked.mask_placeholder(g, "mask")
+    >>> g.run({"x": [[[1.0, 2.0], [np.nan, np.inf]]], "mask": [[1, 0]]}, mask_rows(x, m))
+    array([[[1., 2.],
+            [0., 0.]]], dtype=float32)
+    """
+    if value.rank < 2 or mask.rank != 2:
+        raise MaskError(f"mask_rows takes a [batch, time, ...] value and a [batch, time] mask, got {value.shape}")
+    rest = value.shape[2:]
+    if None in rest:
+        raise ValueError(f"mask_rows needs the feature dims of {value.name!r} known when building, got {value.shape}")
+    flat = gather_rows(flat_rows(value, mask), row_index(mask))
+    out = unflatten(flat, mask, tuple(rest), name=name)
+    return mark_zero_padded(record_flat(out, mask, flat), mask)
+
+
+def zero_padding(value: Var, mask: Var, name: str | None = None) -> Var:
+    """``value`` with exact zeros at padded positions: ``value`` itself if it is already known to hold them
+    (and no ``name`` is asked for), else :func:`mask_rows` where the feature dims are known, else
+    :func:`~samediff_py.masked.value.select_valid`."""
+    if name is None and is_zero_padded(value, mask):
+        return value
+    if value.rank >= 2 and None not in value.shape[2:]:
+        return mask_rows(value, mask, name=name)
+    from . import value as v
+
+    out = ops.where(v.valid_condition(mask, value), value, ops.zeros_like(value), same_shape=True)
+    if name is not None:
+        out = value.graph.op("zero_padding", name, lambda n: value.graph.sd.identity(n, out.j), out.shape, out.dtype,
+                             (out,))  # fmt: skip
+    return mark_zero_padded(out, mask)
