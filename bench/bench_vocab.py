@@ -53,7 +53,7 @@ def torch_python() -> Path | None:
 def _onehot_loss(logits, labels, ignore: int):
     """The cross-entropy as it was before issue 10: log-softmax times a dense one-hot (bench reference)."""
     from samediff_py import ops
-    from samediff_py.masked.rows import counted_positions
+    from samediff_py.masked.counted import counted_positions
     from samediff_py.masked.value import at_least_one
 
     counted = counted_positions(logits.mask, labels, ignore)

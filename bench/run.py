@@ -14,6 +14,7 @@ Backends: each nd4j classifier is fetched into build/jars-<classifier>/ (gradle 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -177,6 +178,15 @@ def _set(key: str, fn):
     return lambda R, quick: R.__setitem__(key, fn(quick))
 
 
+def _distributed(R: dict, quick: bool) -> None:
+    if importlib.util.find_spec("ray") is None:
+        log("  skipped: ray is not installed (pip install samediff-py[distributed])")
+        return
+    q = ["--quick"] if quick else []
+    R["distributed"] = sub(["bench/bench_distributed.py", *q])
+    R["launcher"] = sub(["bench/bench_launcher.py", *q])
+
+
 # name -> (what the log says, runner(R, quick)), in the order they run
 SECTIONS = {
     "transfer": ("transfer", _set("transfer", lambda q: py_main("bench_transfer", q))),
@@ -203,6 +213,7 @@ SECTIONS = {
     "loss": ("cross-entropy formulations at a BERT vocabulary", _set("loss", lambda q: _vocab("loss", q, 2))),
     "vocab": ("vocabulary sweep", _set("vocab", lambda q: _vocab("vocab", q, 2))),
     "scaling": ("scaling over batch x time, one process per point", _set("scaling", lambda q: _vocab("grid", q, 2))),
+    "distributed": ("data-parallel training on Ray (the [distributed] extra)", _distributed),
 }
 
 
@@ -623,6 +634,12 @@ def _attention(R: dict) -> list[str]:
             bench_attention.report(R["attention"]), ""]  # fmt: skip
 
 
+def _distributed_report(R: dict) -> list[str]:
+    import bench_distributed
+
+    return [bench_distributed.report(R["distributed"], R.get("launcher")), ""]
+
+
 REPORTS = [
     ("models", _models),
     ("bert_vocab", _bert),
@@ -636,6 +653,7 @@ REPORTS = [
     ("padding", _padding),
     ("transfer", _transfer),
     ("train_loop", _train_loop),
+    ("distributed", _distributed_report),
 ]
 
 

@@ -57,6 +57,24 @@ class TrainingError(RuntimeError):
     """Training went wrong in a way that must stop it (e.g. a NaN or infinite loss); the message names the step."""
 
 
+class ReplicaMismatchError(TrainingError):
+    """Data-parallel replicas stopped holding identical parameters (``samediff_py.distributed``).
+
+    Attributes:
+        step: the global step (batches done) at which the hashes were compared.
+        ranks: the workers whose parameters differ from the majority (rank 0's on a tie).
+    """
+
+    def __init__(self, message: str, step: int, ranks: list[int]):
+        self.step = step
+        self.ranks = ranks
+        super().__init__(message)
+
+
+class WorkerLostError(TrainingError):
+    """A data-parallel worker died and could not be replaced: restarts used up, or no checkpoint to resume from."""
+
+
 class PadInvarianceError(AssertionError):
     """Raised by :func:`samediff_py.testing.assert_pad_invariant`; ``.report`` holds the findings."""
 

@@ -44,14 +44,26 @@ def correct_norm(x: Masked, gain: Var, bias: Var) -> Masked:
     return masked.layer_norm(x, gain, bias, eps=0.0)  # eps=0 selects libnd4j's fused op
 
 
+POSITIONS = ("absolute", "from_mask")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
+    """Sizes of :class:`Encoder`. ``positions``: ``"absolute"`` (position ``t`` = time index ``t``: right
+    padding only) or ``"from_mask"`` (each token's index among its row's valid tokens, computed in the graph
+    from the mask: a left-padded row then equals the same row unpadded)."""
+
     vocab: int
     d_model: int = 32
     heads: int = 2
     d_ff: int = 64
     layers: int = 2
     max_len: int = 64
+    positions: str = "absolute"
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
 
 
 @dataclass
@@ -107,6 +119,9 @@ class Encoder:
             what = f"the encoder's max_len: its position table has {self.cfg.max_len} rows"
             self.graph.add_check("length", placeholder=tokens.name, axis=1, max=self.cfg.max_len, what=what)
         x = ops.embedding(tokens, self.tok_emb)
+        if self.cfg.positions == "from_mask":
+            pos = ops.gather(self.pos_emb, masked.position_ids(mask))  # [batch, time, d_model]
+            return Masked(ops.add(x, pos), mask)
         pos = ops.expand_dims(ops.leading_rows(self.pos_emb, tokens), 0)  # [1, time, d_model]
         return Masked(x, mask) + pos
 

@@ -288,6 +288,30 @@ def min(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False,
     return _reduce("min", x, axis, keepdims, name)
 
 
+def cumsum(x: Var, axis: int, exclusive: bool = False, reverse: bool = False, name: str | None = None) -> Var:
+    """Cumulative sum along ``axis`` (``np.cumsum``); ``exclusive`` starts from 0 (``[0, x0, x0+x1, ...]``),
+    ``reverse`` sums from the end.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph
+    >>> g = Graph()
+    >>> m = g.placeholder("m", (1, 4))
+    >>> g.run({"m": [[0.0, 1.0, 1.0, 1.0]]}, cumsum(m, 1))
+    array([[0., 1., 2., 3.]], dtype=float32)
+    """
+    _plain(x)
+    ax = _axis(axis, x.rank, repr(x.name))
+    g = x.graph
+    return g.op(
+        "cumsum",
+        name,
+        lambda n: _jvm.jclass("samediffpy.Sequences").cumsum(g.sd, n, x.j, bool(exclusive), bool(reverse), ax),
+        x.shape,
+        x.dtype,
+        (x,),
+    )
+
+
 # ---------------------------------------------------------------------------- shape ops
 def reshape(x: Var, shape: Sequence[int], name: str | None = None) -> Var:
     """Reshape (C order); one entry may be -1. Unknown input dims must map to -1."""

@@ -465,6 +465,7 @@ class Trainer:
                 f"apply_gradients: expected a flat gradient of {self.flat_size} elements, got {flat.shape}"
             )
         step = self.iterations
+        self._follow_schedule(step)
         with _jvm.java_errors():
             _training().unpackGradients(
                 self._session, flat.ctypes.data, _jvm.dtype_enum(arrays.ND4J_DTYPES[flat.dtype])
@@ -479,14 +480,19 @@ class Trainer:
             )
         return False
 
+    def _follow_schedule(self, step: int | None = None) -> None:
+        """Set the scheduled learning rate for ``step`` (default: the current iteration, asked of the JVM only
+        when there is a schedule)."""
+        if self.schedule is not None:
+            lr = float(self.schedule(self.iterations if step is None else step))
+            if lr != self._lr:
+                self.set_learning_rate(lr)
+
     def _step(self, arrs: list[np.ndarray], on_nonfinite: str = "raise") -> float:
         # graph.gradients(...) or another Trainer may have pointed SameDiff at another loss since the last
         # step; training would then follow that loss while reporting ours (a tuple compare when unchanged)
         self.graph.define_gradients([self.loss])
-        if self.schedule is not None:
-            lr = float(self.schedule(self.iterations))
-            if lr != self._lr:
-                self.set_learning_rate(lr)
+        self._follow_schedule()
         shapes: list[int] = []
         for a in arrs:
             shapes.append(a.ndim)

@@ -128,6 +128,132 @@ def top_k_accuracy(logits, labels, mask, k=1, ignore=-1):
     return hits / n if n else 0.0
 
 
+# ---------------------------------------------------------------------------- recurrent layers
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def lstm_steps(xs, wx, wr, b):
+    """LSTM over the rows of xs [t, d] (already only the valid steps, in processing order), gate order
+    i, f, g, o, zero initial state. Returns (outputs [t, n], last h, last c)."""
+    n = wr.shape[0]
+    h, c = np.zeros(n), np.zeros(n)
+    ys = []
+    for x in xs:
+        z = x @ wx + h @ wr + (0.0 if b is None else b)
+        i, f, g, o = _sigmoid(z[:n]), _sigmoid(z[n : 2 * n]), np.tanh(z[2 * n : 3 * n]), _sigmoid(z[3 * n :])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        ys.append(h)
+    return np.array(ys).reshape(len(xs), n), h, c
+
+
+def gru_steps(xs, wx, wh, b, bh):
+    """GRU over xs [t, d] (valid steps only, processing order), gate order r, u, c, reset applied after the
+    recurrent matmul: c = tanh(x wx_c + b_c + r * (h wh_c + bh)), h' = u h + (1 - u) c. Returns (outputs, last h)."""
+    n = wh.shape[0]
+    h = np.zeros(n)
+    b = np.zeros(3 * n) if b is None else b
+    bh = np.zeros(n) if bh is None else bh
+    ys = []
+    for x in xs:
+        zx, zh = x @ wx + b, h @ wh
+        r = _sigmoid(zx[:n] + zh[:n])
+        u = _sigmoid(zx[n : 2 * n] + zh[n : 2 * n])
+        c = np.tanh(zx[2 * n :] + r * (zh[2 * n :] + bh))
+        h = u * h + (1 - u) * c
+        ys.append(h)
+    return np.array(ys).reshape(len(xs), n), h
+
+
+def masked_rnn(kind, x, mask, weights, bidirectional=False):
+    """A masked recurrent layer, row by row: each row runs over ITS valid steps only (wherever they are),
+    outputs go back to those positions, zeros elsewhere. Bidirectional: the backward direction runs over the
+    valid steps in reverse; outputs [forward, backward] concatenated; final state = [forward after the last
+    valid step, backward after the first]. ``weights``: (wx, wr, b) for "lstm", (wx, wh, b, bh) for "gru",
+    each with a leading axis of 2 if bidirectional. Returns (y [B,T,w], last_h [B,w], last_c or None)."""
+    steps = lstm_steps if kind == "lstm" else gru_steps
+    dirs = [(False, 0), (True, 1)] if bidirectional else [(False, None)]
+    n = weights[1].shape[-2]
+    bsz, t = mask.shape
+    y = np.zeros((bsz, t, n * len(dirs)))
+    last_h = np.zeros((bsz, n * len(dirs)))
+    last_c = np.zeros((bsz, n * len(dirs))) if kind == "lstm" else None
+    for r in range(bsz):
+        idx = np.flatnonzero(mask[r] > 0)
+        for j, (rev, k) in enumerate(dirs):
+            w = [None if v is None else (v[k] if k is not None else v) for v in weights]
+            order = idx[::-1] if rev else idx
+            res = steps(x[r, order], *w)
+            y[r, order, j * n : (j + 1) * n] = res[0]
+            last_h[r, j * n : (j + 1) * n] = res[1]
+            if kind == "lstm":
+                last_c[r, j * n : (j + 1) * n] = res[2]
+    return y, last_h, last_c
+
+
+# ---------------------------------------------------------------------------- 1-d convolution
+def conv1d(x, w, b=None, dilation=1, padding="same"):
+    """Cross-correlation of x [T, C] with w [k, C, O], stride 1, zeros outside the sequence:
+    y[t] = sum_j x[t + j*d - left] @ w[j] (+ b); left = (k-1)*d for "causal", ((k-1)*d)//2 for "same"
+    (the extra pad of an even total on the right, TensorFlow's convention)."""
+    k = w.shape[0]
+    total = (k - 1) * dilation
+    left = total if padding == "causal" else total // 2
+    t_len = x.shape[0]
+    y = np.zeros((t_len, w.shape[2]))
+    for t in range(t_len):
+        for j in range(k):
+            s = t + j * dilation - left
+            if 0 <= s < t_len:
+                y[t] += x[s] @ w[j]
+    return y if b is None else y + b
+
+
+def masked_conv1d(x, mask, w, b=None, dilation=1, padding="same"):
+    """Each row's valid steps (contiguous) convolved alone, as if truncated; zeros at padding."""
+    y = np.zeros(x.shape[:2] + (w.shape[2],))
+    for r in range(x.shape[0]):
+        idx = np.flatnonzero(mask[r] > 0)
+        if len(idx):
+            y[r, idx] = conv1d(x[r, idx], w, b, dilation, padding)
+    return y
+
+
+# ---------------------------------------------------------------------------- causal attention
+def causal_attention(x, mask, wq, wk, wv, wo, scaled=True, biases=(None, None, None, None)):
+    """Causal self-attention, row by row over the VALID steps only (query i attends to valid keys j <= i).
+    x [B,T,F]; wq/wk/wv [H,hs,F]; wo [H*hs,O]; optional biases bq/bk/bv [H*hs], bo [O]. Returns
+    (out [B,T,O], weights [B,H,Tq,Tk]), zeros at padded queries and keys."""
+    bsz, t, _ = x.shape
+    h, hs, _ = wq.shape
+    bq, bk, bv, bo = biases
+    out = np.zeros((bsz, t, wo.shape[1]))
+    weights = np.zeros((bsz, h, t, t))
+    for r in range(bsz):
+        idx = np.flatnonzero(mask[r] > 0)
+        if not len(idx):
+            continue
+        xr = x[r, idx]
+
+        def proj(w, bias, xr=xr):
+            p = np.einsum("tf,hsf->hts", xr, w)
+            return p if bias is None else p + np.asarray(bias).reshape(h, 1, hs)
+
+        q, k, v = proj(wq, bq), proj(wk, bk), proj(wv, bv)
+        s = np.einsum("hqs,hks->hqk", q, k)
+        if scaled:
+            s = s / np.sqrt(hs)
+        n = len(idx)
+        s = np.where(np.tril(np.ones((n, n), bool))[None], s, -np.inf)
+        p = softmax(s, -1)
+        ctx = np.einsum("hqk,hks->qhs", p, v).reshape(n, h * hs)
+        o = ctx @ wo
+        out[r, idx] = o if bo is None else o + bo
+        weights[r][np.ix_(range(h), idx, idx)] = p
+    return out, weights
+
+
 # ---------------------------------------------------------------------------- BERT (transformers' definition)
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 

@@ -4,6 +4,7 @@ Benchmarks are not tests: no timing is asserted, only that each part ran and rep
 compared only where build/bench-venv has it (`./dev bench` installs it); otherwise that row says "not run".
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -35,5 +36,7 @@ def test_bench_quick_writes_every_section(tmp_path):
     for section in sections:
         assert f"## {section}" in text or section in text, section
     assert "same graph from plain Java" in text
+    if importlib.util.find_spec("ray") is not None:
+        assert "## Data-parallel training" in text and "Scaling model" in text
     if not (ROOT / "build" / "bench-venv" / "bin" / "python").exists():
         assert "not run" in text  # the torch row degrades, the run does not fail

@@ -579,6 +579,27 @@ def test_a_step_split_in_two_calls_equals_step_bit_for_bit(updater):
         np.testing.assert_array_equal(w1[n], w2[n], err_msg=n)
 
 
+def test_apply_gradients_follows_the_learning_rate_schedule_like_step():
+    """apply_gradients ignored the schedule (step applies it): data-parallel training with a schedule trained at
+    the first learning rate throughout."""
+    data = regression_data()
+    batches = [{k: v[i : i + 32] for k, v in data.items()} for i in range(0, 128, 32)]
+    runs = []
+    for split in (False, True):
+        g, loss = mlp()
+        t = train.Trainer(g, loss, "sgd", lr=0.1, schedule=lambda step: 0.1 / (1 + step))
+        for b in batches:
+            if split:
+                t.apply_gradients(t.compute_gradients(b)[1])
+            else:
+                t.step(b)
+        runs.append(({v.name: g.get_value(v) for v in g.trainable()}, t.learning_rate))
+    (w1, lr1), (w2, lr2) = runs
+    assert lr1 == lr2 == pytest.approx(0.1 / 4)
+    for n in w1:
+        np.testing.assert_array_equal(w1[n], w2[n], err_msg=n)
+
+
 def test_flat_gradient_order_matches_params_and_graph_gradients():
     g, loss = mlp()
     t = train.Trainer(g, loss, "sgd", lr=0.1)

@@ -18,20 +18,31 @@ array([[2., 3.]], dtype=float32)
 from ..errors import MaskError
 from ..padding import check_mask, mask_from_lengths, mask_from_pad, pad_batch, positions_from_mask, shift_targets
 from .attention import AttentionParams, multi_head_attention, multi_head_attention_unfused, unfused_attention_core
+from .causal import causal_attention
+from .conv import conv1d
+from .counted import CountedRows, counted_rows
 from .losses import accuracy, softmax_cross_entropy, top_k_accuracy
-from .rows import CountedRows, counted_rows
+from .positions import position_ids
+from .recurrent import GRUParams, LSTMParams, RecurrentOutput, gru, lstm
 from .value import Masked, dense, layer_norm, mask_placeholder, max_pool, mean_pool, sum_pool
 
 __all__ = [
     "AttentionParams",
     "CountedRows",
+    "GRUParams",
+    "LSTMParams",
     "MaskError",
     "Masked",
+    "RecurrentOutput",
     "accuracy",
+    "causal_attention",
     "check_mask",
     "counted_rows",
+    "conv1d",
     "dense",
+    "gru",
     "layer_norm",
+    "lstm",
     "mask_from_lengths",
     "mask_from_pad",
     "mask_placeholder",
@@ -40,6 +51,7 @@ __all__ = [
     "multi_head_attention",
     "multi_head_attention_unfused",
     "pad_batch",
+    "position_ids",
     "positions_from_mask",
     "shift_targets",
     "softmax_cross_entropy",

@@ -161,6 +161,7 @@ def multi_head_attention(
     return_weights: bool = False,
     name: str | None = None,
     impl: str | None = None,
+    causal: bool = False,
 ) -> Masked | tuple[Masked, Var]:
     """Multi-head dot-product attention of ``query`` over ``context`` (default: self-attention).
 
@@ -173,6 +174,9 @@ def multi_head_attention(
         scaled: divide scores by ``sqrt(head_size)``.
         return_weights: also return the attention weights ``[batch, heads, Tq, Tk]`` (inspection only:
             M2.1 has no gradient for that form of the op).
+        causal: self-attention where query ``i`` sees only the valid keys ``j <= i`` (decoders); computed by
+            :func:`samediff_py.masked.causal.causal_attention` from plain ops (M2.1's fused op takes no
+            per-query mask); right or left padding. Not with a separate ``context``.
 
     Returns:
         Masked ``[batch, Tq, d_out]`` (and the weights). ``weights[b, h, i, j]`` is how much query ``i``
@@ -188,6 +192,12 @@ def multi_head_attention(
     compute the same function (tests cross-check them); the default (``None``) is :data:`DEFAULT_IMPL`, the
     one measured faster for forward + backward.
     """
+    if causal:
+        if context is not None and context is not query:
+            raise ValueError("causal=True is self-attention: query i attends to keys j <= i of the same sequence")
+        from .causal import causal_attention
+
+        return causal_attention(query, params, scaled=scaled, return_weights=return_weights, name=name)
     query = require_masked(query, "multi_head_attention")
     context = query if context is None else require_masked(context, "multi_head_attention (context)")
     if query.value.rank != 3 or context.value.rank != 3:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import CountedRows, counted_rows
+from .counted import CountedRows, counted_rows
 from .value import Masked, at_least_one
 
 __all__ = ["accuracy", "softmax_cross_entropy", "top_k_accuracy"]

@@ -39,6 +39,8 @@ public final class FixedOps {
         put("gather", FixedGather.class);
         put("select", FixedSelect.class);
         put("sparse_softmax_cross_entropy_loss_with_logits", FixedSparseSoftmaxCrossEntropy.class);
+        put("lstmLayer", Sequences.FixedLstm.class);  // masked LSTM: gradient with lengths, loadable files
+        put("cumsum", Sequences.FixedCumSum.class);
         registered = true;
     }
 

@@ -1,0 +1,162 @@
+"""Causal (decoder) self-attention with padding: query ``i`` attends to the VALID keys ``j <= i``.
+
+DL4J 1.0.0-M2.1's fused attention ops take only a ``[batch, Tk]`` key mask (the op reshapes the mask to one
+value per batch row and key: ``[B, Tk, Tq]`` or ``[B, H, Tk, Tq]`` masks are refused), so a per-query mask
+such as the causal one cannot go through them. This module computes attention from plain ops, all heads at
+once (batched ``[batch, heads, time, head_size]`` products):
+
+    scores = q k^T / sqrt(head_size) + (allowed - 1) * 1e9,   allowed[b, i, j] = (j <= i) and mask[b, j]
+    weights = softmax(scores - rowmax(scores)),               out = (weights v) wo
+
+Rows are shifted by their maximum before the softmax: a padded query of a left-padded row has no allowed
+key, and M2.1's float64 softmax over the last axis returns NaN for rows whose entries are all below about
+-745 (float32 is unaffected); shifted, no row is. Outputs and weight rows at padded queries are then set to
+0 (a row gather, :func:`~samediff_py.masked.rows.mask_rows`, and a select for the weights), so a fully padded
+row gives zeros with zero gradients.
+
+Pad-invariant for right AND left padding (positions are compared by index, and padded keys get exactly 0
+weight). Weights use the same parameters as :func:`~samediff_py.masked.multi_head_attention`
+(:class:`~samediff_py.masked.AttentionParams`, DL4J's layout), including its optional biases ``bq``, ``bk``,
+``bv`` (``[heads, head_size]``) and ``bo`` (``[d_out]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _jvm, ops
+from ..errors import MaskError
+from ..graph import Var
+from .rows import zero_padding
+from .value import Masked, require_masked, valid_condition
+
+__all__ = ["causal_attention", "causal_allowed"]
+
+BIG = 1e9
+
+
+def _seq() -> Any:
+    return _jvm.jclass("samediffpy.Sequences")
+
+
+def causal_allowed(mask: Var) -> Var:
+    """``[batch, Tq, Tk]`` float, 1 where query ``i`` may attend to key ``j``: ``j <= i`` and key ``j`` valid.
+
+    Built at run time from the mask (any time length); nothing on it needs a gradient.
+    """
+    ones = ops.add(ops.zeros_like(mask), 1.0)
+    index = ops.cumsum(ones, 1)  # [B, T]: 1, 2, ..., T
+    causal = ops.less_equal(ops.expand_dims(index, 1), ops.expand_dims(index, 2))  # [B, Tq, Tk]: j <= i
+    return ops.multiply(ops.cast(causal, mask.dtype), ops.expand_dims(mask, 1))
+
+
+def _split_heads(x: Var, heads: int, hs: int, name: str) -> Var:
+    g = x.graph
+    return g.op(
+        "split_heads",
+        name,
+        lambda n: _seq().splitHeads(g.sd, n, x.j, heads, hs),
+        (x.shape[0], heads, x.shape[1], hs),
+        x.dtype,
+        (x,),
+    )
+
+
+def _merge_heads(x: Var, heads: int, hs: int, name: str) -> Var:
+    g = x.graph
+    return g.op(
+        "merge_heads",
+        name,
+        lambda n: _seq().mergeHeads(g.sd, n, x.j, heads, hs),
+        (x.shape[0], x.shape[2], heads * hs),
+        x.dtype,
+        (x,),
+    )
+
+
+def _as_matrix(w: Var) -> Var:
+    """``[heads, hs, d_in] -> [d_in, heads * hs]`` (column ``h * hs + s`` is ``w[h, s, :]``)."""
+    h, hs, d = w.shape
+    return ops.reshape(ops.transpose(w, (2, 0, 1)), (d, h * hs))
+
+
+def _bias(params: Any, attr: str) -> Var | None:
+    b = getattr(params, attr, None)
+    if b is None:
+        return None
+    return ops.reshape(b, (-1,)) if b.rank != 1 else b
+
+
+def causal_attention(
+    query: Masked, params: Any, *, scaled: bool = True, return_weights: bool = False, name: str | None = None
+) -> Masked | tuple[Masked, Var]:
+    """Causal multi-head self-attention over a padded batch (see the module docstring).
+
+    Args:
+        query: Masked ``[batch, time, d_in]``; right- or left-padded.
+        params: :class:`~samediff_py.masked.AttentionParams` (``wq/wk/wv [heads, head_size, d_in]``,
+            ``wo [heads * head_size, d_out]``; optional ``bq/bk/bv/bo``).
+        scaled: divide scores by ``sqrt(head_size)``.
+        return_weights: also return the weights ``[batch, heads, query, key]`` (0 for later keys, padded
+            keys and padded queries; each valid query's row sums to 1).
+        name: name of the output node.
+
+    Returns:
+        Masked ``[batch, time, d_out]`` (0 at padded positions), and the weights if asked.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph, masked
+    >>> g = Graph(seed=0)
+    >>> x = g.placeholder("x", ("batch", "time", 4))
+    >>> m = masked.mask_placeholder(g, "mask", padding="left")
+    >>> p = masked.AttentionParams.create(g, "attn", 4, 2)
+    >>> out, w = masked.multi_head_attention(masked.Masked(x, m), p, causal=True, return_weights=True)
+    >>> wt = g.run({"x": np.ones((1, 3, 4)), "mask": [[0, 1, 1]]}, w)
+    >>> wt[0, 0]                        # head 0: query 1 sees key 1 only, query 2 sees keys 1 and 2
+    array([[0. , 0. , 0. ],
+           [0. , 1. , 0. ],
+           [0. , 0.5, 0.5]], dtype=float32)
+    """
+    query = require_masked(query, "causal attention")
+    x_val = query.value
+    if x_val.rank != 3:
+        raise MaskError("causal attention takes [batch, time, features] values")
+    heads, hs, d_in = (int(d) for d in params.wq.shape)
+    if x_val.shape[2] is not None and x_val.shape[2] != d_in:
+        raise ValueError(f"query has {x_val.shape[2]} features but the attention weights expect {d_in}")
+    g = query.graph
+    mask = query.mask
+    full = g.unique_name("causal_attention", name)
+    stem = full.split("/")[-1]
+    with g.scope(stem):
+        x = zero_padding(query.value, mask)
+
+        def project(w: Var, bias_attr: str, label: str) -> Var:
+            y = ops.matmul(x, _as_matrix(w))
+            b = _bias(params, bias_attr)
+            if b is not None:
+                y = ops.add(y, b)
+            return _split_heads(y, heads, hs, label)  # [B, H, T, hs]
+
+        q, k, v = project(params.wq, "bq", "q"), project(params.wk, "bk", "k"), project(params.wv, "bv", "v")
+        scores = ops.batch_matmul(q, k, transpose_b=True)  # [B, H, Tq, Tk]
+        if scaled:
+            scores = ops.multiply(scores, 1.0 / float(np.sqrt(hs)))
+        allowed = ops.expand_dims(causal_allowed(mask), 1)  # [B, 1, Tq, Tk]
+        scores = ops.add(scores, ops.multiply(ops.subtract(allowed, 1.0), BIG))
+        scores = ops.subtract(scores, ops.max(scores, -1, keepdims=True))  # no all-negative row: see above
+        p = ops.softmax(scores, -1, name="p")
+        ctx = _merge_heads(ops.batch_matmul(p, v), heads, hs, "context")  # [B, T, H*hs]
+        out = ops.matmul(ctx, params.wo)
+        bo = getattr(params, "bo", None)
+        if bo is not None:
+            out = ops.add(out, bo)
+    result = Masked.derived(zero_padding(out, mask, name=stem), mask)
+    if not return_weights:
+        return result
+    with g.scope(stem):
+        q_valid = ops.transpose(valid_condition(mask, ops.transpose(p, (0, 2, 1, 3))), (0, 2, 1, 3))
+        weights = ops.where(q_valid, p, ops.zeros_like(p), name="weights", same_shape=True)
+    return result, weights
