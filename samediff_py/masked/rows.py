@@ -8,7 +8,7 @@ positions' upstream gradients to that zero row, where they are dropped (NaN ther
 
 Measured in M2.1 (op time, 1 thread): at ``[16, 64, 128]`` float32, forward 0.06 ms for the gather vs 13 ms for
 libnd4j's elementwise ``select``; at ``[32, 128, 128]``, forward + backward 10.6 ms vs 14.3 ms for the row form
-of select (:func:`samediff_py.ops.select_rows`, which :func:`~samediff_py.masked.value.select_valid` uses), and
+of select (:func:`samediff_py.ops.select_rows`), and
 7-9 ms for the same graph without any zeroing. The masked sequence layers use this module because it also
 records which values are already zero at padding (zeroing them again is skipped) and lets a convolution stack
 pass rows from layer to layer.
@@ -61,10 +61,10 @@ def tap_index(mask: Var, k: int, dilation: int, left: int, right: int) -> Var:
     return cache[key]
 
 
-def gather_rows(flat: Var, index: Var, name: str | None = None) -> Var:
-    """``[rows of flat; a zero row][index]`` for ``flat [n, F]``: an index equal to ``n`` reads zeros."""
+def gather_rows(flat: Var, index: Var, name: str | None = None, fill: float = 0.0) -> Var:
+    """``[rows of flat; a filler row][index]`` for ``flat [n, F]``: an index equal to ``n`` reads ``fill``."""
     g = flat.graph
-    zero = g.constant(None, np.zeros((1, flat.shape[1]), flat.dtype))
+    zero = g.constant(None, np.full((1, flat.shape[1]), fill, flat.dtype))
     return g.op(
         "gather_rows",
         name,
@@ -115,9 +115,9 @@ def is_zero_padded(value: Var, mask: Var) -> bool:
     return ref is not None and ref() is mask
 
 
-def mask_rows(value: Var, mask: Var, name: str | None = None) -> Var:
-    """``value`` with its padded positions (``mask == 0``) set to exactly 0; ``value`` is ``[batch, time, F...]``
-    with ``F...`` known when building, ``mask`` ``[batch, time]`` (0/1).
+def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0) -> Var:
+    """``value`` with its padded positions (``mask == 0``) set to exactly ``fill``; ``value`` is
+    ``[batch, time, F...]`` with ``F...`` known when building, ``mask`` ``[batch, time]`` (0/1).
 
     >>> import numpy as np
     >>> from samediff_py import Graph, masked
@@ -133,8 +133,10 @@ def mask_rows(value: Var, mask: Var, name: str | None = None) -> Var:
     rest = value.shape[2:]
     if None in rest:
         raise ValueError(f"mask_rows needs the feature dims of {value.name!r} known when building, got {value.shape}")
-    flat = gather_rows(flat_rows(value, mask), row_index(mask))
+    flat = gather_rows(flat_rows(value, mask), row_index(mask), fill=fill)
     out = unflatten(flat, mask, tuple(rest), name=name)
+    if fill != 0.0:
+        return out
     return mark_zero_padded(record_flat(out, mask, flat), mask)
 
 

@@ -26,7 +26,6 @@ array([[2., 3.]], dtype=float32)
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ from .. import ops
 from ..errors import MaskError
 from ..graph import Graph, Var
 from ..padding import SIDES
+from .rows import mask_rows
 
 __all__ = [
     "Masked",
@@ -105,38 +105,20 @@ def valid_condition(mask: Var, like: Var) -> Var:
     return ops.greater(ops.add(m, ops.zeros_like(like, dtype=mask.dtype)), 0.5)
 
 
-_ROW_INDEX: weakref.WeakKeyDictionary[Var, Var] = weakref.WeakKeyDictionary()  # mask -> its row index
-
-
-def valid_row_index(mask: Var) -> Var:
-    """``[batch * time]`` int64: ``i + 1`` at valid position ``i`` of the flattened mask, ``0`` at padding
-    (built once per mask Var: every select on that mask shares it)."""
-    idx = _ROW_INDEX.get(mask)
-    if idx is None:
-        keep = ops.cast(ops.greater(ops.reshape(mask, [-1]), 0.5), np.int64)
-        idx = ops.multiply(ops.add(ops.range_like(keep), 1), keep)
-        _ROW_INDEX[mask] = idx
-    return idx
-
-
 def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
     """``value`` at valid positions, ``fill`` at padded ones: a SELECT, so NaN/inf at padding never leaks
     (``x * 0`` is NaN for x = NaN or inf); the gradient into padded positions is exactly 0.
 
-    Built as a row gather: the ``[batch * time, features]`` rows of ``value`` behind one filler row, picked
-    by :func:`valid_row_index` (padded positions pick the filler). Padded values are never read, and their
-    upstream gradient lands on the filler row, which is discarded. libnd4j's elementwise ``select`` does the
-    same in ~15x the time (it reads every element through a generic per-element accessor: 39 ms vs 2.3 ms
-    for a [32, 128, 128] float32 value, bench/FINDINGS.md), so it is used only where no per-position mask
-    applies or the feature shape is unknown."""
-    feat = value.shape[2:]
-    if value.rank < 2 or None in feat:
+    Built as a row gather (:func:`samediff_py.masked.rows.mask_rows`): the ``[batch * time, features]`` rows
+    of ``value`` and one filler row, padded positions picking the filler. Padded values are never read, and
+    their upstream gradient lands on the filler row, which is discarded. libnd4j's elementwise ``select`` does
+    the same in ~15x the time (it reads every element through a generic per-element accessor: 39 ms vs 2.3 ms
+    for a [32, 128, 128] float32 value, bench/FINDINGS.md), so it is used only where the feature shape is
+    unknown when building."""
+    if value.rank < 2 or None in value.shape[2:]:
         filler = ops.zeros_like(value) if fill == 0.0 else ops.add(ops.zeros_like(value), fill)
         return ops.where(valid_condition(mask, value), value, filler, same_shape=True)
-    flat = ops.reshape(value, [-1, int(np.prod(feat))])
-    filler = value.graph.constant(None, np.full((1, int(np.prod(feat))), fill), value.dtype)
-    rows = ops.gather(ops.concat([filler, flat], 0), valid_row_index(mask))
-    return ops.reshape_like(rows, value)
+    return mask_rows(value, mask, fill=fill)
 
 
 class Masked:

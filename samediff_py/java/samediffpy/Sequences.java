@@ -321,8 +321,9 @@ public final class Sequences {
     }
 
     /**
-     * The row index for {@link #maskRows}: {@code [B*T]} int, each valid position's own row ({@code b*T + t}),
-     * {@code B*T} (one past the last row: the zero row) for padded positions. mask {@code [B, T]} float 0/1.
+     * The row index for {@link #gatherRows} (masked.rows.mask_rows): {@code [B*T]} int, each valid position's
+     * own row ({@code b*T + t}), {@code B*T} (one past the last row: the filler row) for padded positions.
+     * mask {@code [B, T]} float 0/1.
      */
     public static SDVariable maskRowIndex(SameDiff sd, String name, SDVariable mask) {
         SDVariable m = sd.castTo(sd.reshape(mask, -1), DataType.INT);                  // [N], 0/1
@@ -330,22 +331,6 @@ public final class Sequences {
         SDVariable pos = sd.range(sd.constant(Nd4j.scalar(DataType.INT, 0)), count,
                 sd.constant(Nd4j.scalar(DataType.INT, 1)), DataType.INT);              // 0 .. N-1
         return sd.updateVariableNameAndReference(pos.mul(m).add(count.mul(m.rsub(1))), name);
-    }
-
-    /**
-     * {@code x} at valid positions, exactly 0 at padded ones, for {@code x [B, T, F...]}: a row gather from
-     * {@code [rows of x; one zero row]} with {@link #maskRowIndex}, padded positions reading the zero row. The
-     * same result as {@code select(mask, x, 0)} (NaN/inf at padding never read; no gradient into padding: the
-     * gather's scatter-add gradient sends padded rows' gradients to the zero row, which is dropped), and far
-     * faster in M2.1, whose select op reads and writes element by element. {@code rowSize} = prod(F...), static.
-     */
-    public static SDVariable maskRows(SameDiff sd, String name, SDVariable x, SDVariable index, long rowSize) {
-        SDVariable flat = sd.reshape(x, -1, rowSize);                                  // [N, F]
-        SDVariable zeroRow = sd.zerosLike(sd.stridedSlice(flat, new long[]{0, 0}, new long[]{1, 0},
-                new long[]{1, 1}, 0, 2, 0, 0, 0));                                      // [1, F]
-        SDVariable table = sd.concat(0, flat, zeroRow);                                // [N + 1, F]
-        SDVariable rows = new FixedOps.FixedGather(sd, table, index, 0).outputVariable();
-        return sd.reshape(name, rows, sd.shape(x));
     }
 
     /**
