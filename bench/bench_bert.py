@@ -24,6 +24,7 @@ The first round also checks that both compute the same logits.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -91,45 +92,10 @@ def run_hf(py: str, folder: Path, inputs: Path, reps: int, tmp: Path, check: boo
     return json.loads(out.read_text())
 
 
-# ------------------------------------------------------------------------------------------- batched heads
-def batched_heads_attention(batch: int, time_: int):
-    """A bench-local prototype, NOT the package's attention: all heads in one batched matmul from plain ops
-    (``[batch, heads, time, head_size]``), biases added to the projections, the same masking contract as
-    ``masked.multi_head_attention`` (padded inputs selected to 0, padded keys at -1e9, padded and keyless
-    queries 0). Static ``batch``/``time`` (the bench's) keep it short. It measures what a batched formulation
-    (planned on another branch) would change; the model's default is DL4J's fused op."""
-    from samediff_py import ops
-    from samediff_py.masked import Masked
-    from samediff_py.masked.attention import _queries_to_keep
-    from samediff_py.masked.value import select_valid
-
-    def attend(x: Masked, p, return_weights: bool = False):
-        h, hs = p.heads, p.head_size
-        d = h * hs
-        flat = ops.reshape(x.zeroed(), (-1, p.wq.shape[2]))
-
-        def proj(w, b):
-            y = ops.matmul(flat, ops.reshape(w, (d, -1)), transpose_b=True)
-            y = y if b is None else ops.add(y, ops.reshape(b, (d,)))
-            return ops.transpose(ops.reshape(y, (batch, time_, h, hs)), (0, 2, 1, 3))
-
-        q, k, v = proj(p.wq, p.bq), proj(p.wk, p.bk), proj(p.wv, p.bv)
-        scores = ops.multiply(ops.batch_matmul(q, k, transpose_b=True), float(1.0 / np.sqrt(hs)))
-        key_bias = ops.reshape(ops.multiply(ops.subtract(x.mask, 1.0), 1e9), (batch, 1, 1, time_))
-        probs = ops.softmax(ops.add(scores, key_bias), -1)
-        ctx = ops.reshape(ops.transpose(ops.batch_matmul(probs, v), (0, 2, 1, 3)), (-1, d))
-        out = ops.matmul(ctx, p.wo)
-        out = out if p.bo is None else ops.add(out, p.bo)
-        out = ops.reshape(out, (batch, time_, p.wo.shape[1]))
-        return Masked.derived(select_valid(out, _queries_to_keep(x.mask, x.mask)), x.mask)
-
-    return attend
-
-
 # ------------------------------------------------------------------------------------------- benchmark
 def main(quick: bool = False, **over) -> dict:
     sys.path.insert(0, str(ROOT))
-    from samediff_py import bert
+    from samediff_py import bert, masked
 
     p = {**(QUICK if quick else FULL), **{k: v for k, v in over.items() if v is not None}}
     py = hf_python()
@@ -148,16 +114,17 @@ def main(quick: bool = False, **over) -> dict:
         bert.from_config(cfg, seed=0, labels=False).save_pretrained(tmp / "ckpt")
         np.savez(tmp / "inputs.npz", **inputs)
         t0 = time.perf_counter()
-        model = bert.from_pretrained(tmp / "ckpt", labels=False)
+        model = bert.from_pretrained(tmp / "ckpt", labels=False)  # masked.multi_head_attention's default
         res["load_build_s"] = time.perf_counter() - t0
-        proto = bert.from_pretrained(tmp / "ckpt", labels=False, attention=batched_heads_attention(b, t))
+        fused_attention = functools.partial(masked.multi_head_attention, impl="fused")
+        fused = bert.from_pretrained(tmp / "ckpt", labels=False, attention=fused_attention)
         feeds = model.feeds(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
         o = model.outputs
         ours = {
-            ("fused", "encoder"): (model, o.sequence_output.value),
-            ("fused", "mlm_logits"): (model, o.logits.value),
-            ("batched", "encoder"): (proto, proto.outputs.sequence_output.value),
-            ("batched", "mlm_logits"): (proto, proto.outputs.logits.value),
+            ("batched", "encoder"): (model, o.sequence_output.value),
+            ("batched", "mlm_logits"): (model, o.logits.value),
+            ("fused", "encoder"): (fused, fused.outputs.sequence_output.value),
+            ("fused", "mlm_logits"): (fused, fused.outputs.logits.value),
         }
         times: dict[tuple[str, str], list[float]] = {k: [] for k in ours}
         cpu: dict[tuple[str, str], list[float]] = {k: [] for k in ours}
@@ -179,7 +146,7 @@ def main(quick: bool = False, **over) -> dict:
                     hf.setdefault(k, []).extend(v)
                 if rnd == 0:
                     theirs = np.load(tmp / "hf.json.logits.npy")
-                    for variant, m in (("fused", model), ("batched", proto)):
+                    for variant, m in (("batched", model), ("fused", fused)):
                         mine = m.graph.run(feeds, m.outputs.logits.value)[:2]
                         res[f"max_abs_logit_diff_{variant}"] = float(np.abs(theirs - mine).max())
             print(f"round {rnd + 1}/{p['rounds']} done", file=sys.stderr, flush=True)
@@ -212,7 +179,8 @@ def report(res: dict) -> str:
         f"transformers: {res.get('hf_versions', 'not available')}; max |logit difference| "
         f"{res.get('max_abs_logit_diff_fused', float('nan')):.1e} (fused), "
         f"{res.get('max_abs_logit_diff_batched', float('nan')):.1e} (batched)",
-        "fused: the package's default (DL4J's fused attention op); batched: a bench-local batched-heads prototype",
+        "batched: masked.multi_head_attention's default (heads as a batch axis, batched matmuls); "
+        "fused: impl='fused' (DL4J's multiHeadDotProductAttention)",
         "",
         "| output | samediff_py ms | tokens/s | transformers sdpa ms | tokens/s | ratio | eager ms | ratio |"
         " CPU ms: samediff_py / sdpa / eager | CPU ratio vs sdpa / eager |",

@@ -20,3 +20,6 @@ def test_readme_quick_start_runs():
     namespace = {"batches": batches}
     exec(compile(code, "README.md", "exec"), namespace)
     assert np.isfinite(namespace["g"].run(batches[0], namespace["loss"]))
+    # the summary the README shows is the one this graph prints
+    shown = re.search(r"```text\n(Graph: .*?)```", text, re.S).group(1)
+    assert namespace["g"].summary().strip() == shown.strip()
