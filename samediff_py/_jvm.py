@@ -88,8 +88,11 @@ def jar_candidates() -> list[tuple[str, Path]]:
 
 
 def jar_dir() -> Path:
-    """The backend folder in use: ``SAMEDIFF_PY_JARS`` if set (even if empty: an explicit choice), else the
-    first candidate that holds the nd4j jars, else the per-user cache folder ``samediff-py fetch`` fills."""
+    """The backend folder in use.
+
+    ``SAMEDIFF_PY_JARS`` if set (even if empty: an explicit choice), else the first candidate that holds the nd4j jars,
+    else the per-user cache folder ``samediff-py fetch`` fills.
+    """
     candidates = jar_candidates()
     if os.environ.get("SAMEDIFF_PY_JARS"):
         return candidates[0][1]
@@ -144,8 +147,10 @@ def classifier_problem(jars: Path) -> str | None:
 
 
 def default_offheap() -> str:
-    """Half the physical memory, at most 16 GiB: javacpp only forces a GC to free native arrays near this
-    limit, so it must sit below what the machine has."""
+    """Half the physical memory, at most 16 GiB.
+
+    javacpp only forces a GC to free native arrays near this limit, so it must sit below what the machine has.
+    """
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         return f"{max(1, min(16, pages * size // 2 // 2**30))}g"
@@ -154,7 +159,7 @@ def default_offheap() -> str:
 
 
 def _set_mmap_threshold(n: int) -> None:
-    """glibc's M_MMAP_THRESHOLD (a fixed value also turns off its dynamic growth); no-op elsewhere or at 0."""
+    """Set glibc's M_MMAP_THRESHOLD (a fixed value also turns off its dynamic growth); no-op elsewhere or at 0."""
     if n <= 0 or not sys.platform.startswith("linux"):
         return
     import ctypes

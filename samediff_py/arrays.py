@@ -43,8 +43,11 @@ def check_dtype(dtype: Any) -> np.dtype:
 
 
 def _native(a: np.ndarray) -> np.ndarray:
-    """``a`` in native byte order. A big-endian ``>f4`` array (e.g. read from a file) is float32 data, but its
-    dtype compares unequal to float32, so without this it was refused as "dtype >f4 is not supported"."""
+    """``a`` in native byte order.
+
+    A big-endian ``>f4`` array (e.g. read from a file) is float32 data, but its dtype compares unequal to float32, so
+    without this it was refused as "dtype >f4 is not supported".
+    """
     return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 

@@ -120,6 +120,7 @@ class BertConfig:
 
     @property
     def head_size(self) -> int:
+        """Size of one attention head: ``hidden_size // num_attention_heads``."""
         return self.hidden_size // self.num_attention_heads
 
     def validate(self, where: str = "BertConfig") -> None:
@@ -189,8 +190,10 @@ class BertConfig:
 
 # ============================================================================ checkpoint files
 def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(config dict, {tensor name: numpy array})`` of a transformers checkpoint folder: ``config.json`` and
-    ``model.safetensors`` (or the shards listed in ``model.safetensors.index.json``). No torch needed.
+    """Read a transformers checkpoint folder.
+
+    Returns ``(config dict, {tensor name: numpy array})`` from ``config.json`` and ``model.safetensors`` (or the shards
+    listed in ``model.safetensors.index.json``). No torch needed.
 
     Raises:
         ModelFileError: a file is missing or unreadable (PyTorch ``.bin`` checkpoints need torch to read:
@@ -319,9 +322,11 @@ def _slots(cfg: BertConfig, prefix: str, pooler: bool, mlm_head: bool) -> list[_
 def _canonical_tensors(
     tensors: Mapping[str, np.ndarray], cfg: BertConfig, where: Path | str
 ) -> tuple[dict[str, np.ndarray], str, bool, bool]:
-    """Normalise a checkpoint's tensors: old ``gamma``/``beta`` LayerNorm names, tied aliases (which must equal
-    their canonical tensor), the non-persistent ``position_ids`` buffer. Returns (tensors, prefix, pooler,
-    mlm_head)."""
+    """Normalise a checkpoint's tensors.
+
+    Old ``gamma``/``beta`` LayerNorm names, tied aliases (which must equal their canonical tensor), the non-persistent
+    ``position_ids`` buffer. Returns (tensors, prefix, pooler, mlm_head).
+    """
     out: dict[str, np.ndarray] = {}
     for k, a in tensors.items():
         n = k
@@ -544,8 +549,10 @@ class Bert:
         return {s.hf: self._vars[s.var] for s in self.slots if s.kind != "keep"}
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Current weights as transformers-named float32 tensors in transformers' layout (what
-        :meth:`save_pretrained` writes)."""
+        """Current weights as transformers-named float32 tensors.
+
+        In transformers' layout (what :meth:`save_pretrained` writes).
+        """
         out = {}
         for s in self.slots:
             a = self._kept[s.hf] if s.kind == "keep" else _to_hf(s.kind, self.graph.get_value(self._vars[s.var]))
@@ -553,8 +560,10 @@ class Bert:
         return out
 
     def load_state_dict(self, tensors: Mapping[str, np.ndarray], strict: bool = True) -> list[str]:
-        """Set every weight from transformers-named tensors (checked like :func:`from_pretrained`); returns the
-        names of ignored extra tensors (``strict=False``)."""
+        """Set every weight from transformers-named tensors.
+
+        Checked like :func:`from_pretrained`; returns the names of ignored extra tensors (``strict=False``).
+        """
         canon, _, _, _ = _canonical_tensors(tensors, self.config, "tensors")
         extra = _check_tensors(canon, self.slots, "tensors", strict)
         for s in self.slots:
@@ -613,9 +622,12 @@ class Bert:
         *,
         output_attentions: bool = False,
     ) -> BertOutputs:
-        """Build the forward pass on ``[batch, time]`` integer ``input_ids`` (``token_type_ids``: zeros if
-        ``None``) and the mask placeholder ``attention_mask`` (1 = token, 0 = padding; right padding: positions
-        are 0..T-1 as in transformers). With ``labels`` (``-100`` = not counted), also the MLM loss."""
+        """Build the forward pass.
+
+        On ``[batch, time]`` integer ``input_ids`` (``token_type_ids``: zeros if ``None``) and the mask placeholder
+        ``attention_mask`` (1 = token, 0 = padding; right padding: positions are 0..T-1 as in transformers). With
+        ``labels`` (``-100`` = not counted), also the MLM loss.
+        """
         if labels is not None and not self.has_mlm_head:
             raise ValueError("labels given, but this BERT has no MLM head")
         g = self.graph
@@ -649,7 +661,7 @@ class Bert:
         return t.map(lambda v: ops.add(ops.matmul(v, self.decoder, transpose_b=True), self.mlm_bias))
 
     def pool(self, h: Masked) -> Var:
-        """transformers' pooler: ``tanh(first token @ W + b)``, ``[batch, hidden]``; 0 for a row with no token."""
+        """The transformers pooler: ``tanh(first token @ W + b)``, ``[batch, hidden]``; 0 for a row with no token."""
         if self.pooler is None:
             raise ValueError("this BERT has no pooler")
         first = h.zeroed()[:, 0]  # right padding: the first position is a token in every non-empty row
@@ -664,10 +676,12 @@ class Bert:
         token_type_ids: Any | None = None,
         labels: Any | None = None,
     ) -> dict[str, np.ndarray]:
-        """A feed dict for :attr:`inputs` (built by :func:`from_pretrained` / :func:`from_config`), with
-        transformers' defaults: ``token_type_ids`` zeros; ``labels`` all ``-100`` (nothing counted) when the
-        graph has a labels placeholder and none are given; dropout keep-masks all ones (dropout off: the
-        Trainer draws its own)."""
+        """A feed dict for :attr:`inputs`, with transformers' defaults.
+
+        :attr:`inputs` is built by :func:`from_pretrained` / :func:`from_config`. The defaults: ``token_type_ids``
+        zeros; ``labels`` all ``-100`` (nothing counted) when the graph has a labels
+        placeholder and none are given; dropout keep-masks all ones (dropout off: the Trainer draws its own).
+        """
         if self.inputs is None:
             raise ValueError("this Bert was not built on placeholders (use from_pretrained / from_config)")
         ids = np.asarray(input_ids)
@@ -687,12 +701,14 @@ class Bert:
     # ------------------------------------------------------------------ saving
     @property
     def architecture(self) -> str:
+        """The transformers class name saved in ``config.json``: ``BertForMaskedLM`` or ``BertModel``."""
         return "BertForMaskedLM" if self.has_mlm_head else "BertModel"
 
     def save_pretrained(self, folder: str | os.PathLike, *, copy_tokenizer: bool = True) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` in transformers' layout and names (no tied
-        ``cls.predictions.decoder.*``), each file atomically (samediff_py.checkpoint.atomic_write). With
-        ``copy_tokenizer``, tokenizer files of the folder this model was read from are copied too (if absent).
+        """Write ``config.json`` + ``model.safetensors`` in transformers' layout and names.
+
+        No tied ``cls.predictions.decoder.*``; each file is written atomically (samediff_py.checkpoint.atomic_write).
+        With ``copy_tokenizer``, tokenizer files of the folder this model was read from are copied too (if absent).
 
         Returns:
             the folder.
@@ -723,7 +739,7 @@ class Bert:
 
 
 def _initial(s: _Slot, cfg: BertConfig, rng: np.random.Generator) -> np.ndarray:
-    """transformers' initial value for a tensor (in transformers' layout)."""
+    """The transformers initial value for a tensor (in transformers' layout)."""
     if "LayerNorm.weight" in s.hf:
         return np.ones(s.shape)
     if s.hf.endswith(".bias"):
@@ -738,9 +754,12 @@ def _initial(s: _Slot, cfg: BertConfig, rng: np.random.Generator) -> np.ndarray:
 def make_inputs(
     graph: Graph, config: BertConfig, *, token_type_ids: bool = True, labels: bool = True, pad_check: bool = True
 ) -> BertInputs:
-    """Placeholders named like transformers' arguments: ``input_ids`` / ``token_type_ids`` / ``labels``
-    (int32 ``[batch, time]``) and the mask placeholder ``attention_mask`` (right padding; with ``pad_check``,
-    a valid position holding ``config.pad_token_id`` is refused: a mask that does not match the padding)."""
+    """Placeholders named like transformers' arguments.
+
+    ``input_ids`` / ``token_type_ids`` / ``labels`` (int32 ``[batch, time]``) and the mask placeholder
+    ``attention_mask`` (right padding; with ``pad_check``, a valid position holding ``config.pad_token_id`` is refused:
+    a mask that does not match the padding).
+    """
     ids = graph.placeholder("input_ids", ("batch", "time"), "int32")
     pad = config.pad_token_id if pad_check and config.pad_token_id is not None else None
     mask = masked.mask_placeholder(graph, "attention_mask", tokens=ids, pad_id=pad)
@@ -783,14 +802,18 @@ def from_pretrained(
         folder: holds ``config.json`` and ``model.safetensors`` (or safetensors shards + index).
         graph: build in this graph (default: a new ``Graph(dtype=dtype)``; its placeholders get the names
             ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``).
-        pooler, mlm_head: ``None`` = build them iff the checkpoint has their tensors; ``False`` = leave them out
-            (their tensors are then unexpected: pass ``strict=False``).
+        dtype: float dtype of the new graph when ``graph`` is not given.
+        pooler: ``None`` = build it iff the checkpoint has its tensors; ``False`` = leave it out (its tensors are
+            then unexpected: pass ``strict=False``).
+        mlm_head: the same choice for the masked-LM head.
         strict: refuse tensors this model has no place for (e.g. ``cls.seq_relationship.*`` of a
             ``BertForPreTraining`` checkpoint); ``False`` ignores them (listed in ``model.ignored_tensors``).
-        token_type_ids, labels: create those placeholders (labels: the MLM loss ``model.outputs.loss``).
+        token_type_ids: create the ``token_type_ids`` placeholder.
+        labels: create the ``labels`` placeholder (and the MLM loss ``model.outputs.loss``).
         output_attentions: also build the per-layer attention weights (``model.outputs.attentions``).
         dropout: build the hidden dropout for training (see :class:`Bert`).
         attention: the self-attention formulation (see :class:`Bert`).
+        name: scope of the model's variables and ops.
 
     Returns:
         A :class:`Bert` with ``.graph``, ``.inputs`` (placeholders) and ``.outputs`` (logits, loss, hidden
@@ -849,8 +872,10 @@ def from_config(
     attention: Callable[..., Any] | None = None,
     name: str = "bert",
 ) -> Bert:
-    """A randomly initialised BERT (transformers' initialiser) built on placeholders, like
-    :func:`from_pretrained`. ``config`` is a :class:`BertConfig` or a ``config.json`` dict."""
+    """A randomly initialised BERT (transformers' initialiser) built on placeholders.
+
+    Like :func:`from_pretrained`. ``config`` is a :class:`BertConfig` or a ``config.json`` dict.
+    """
     cfg = config if isinstance(config, BertConfig) else BertConfig.from_dict({"model_type": "bert", **config})
     g = graph if graph is not None else Graph(seed=seed, dtype=dtype)
     model = Bert(

@@ -290,9 +290,12 @@ def export_weights(graph: Graph, path: str | os.PathLike) -> list[Path]:
 
 
 def import_weights(graph: Graph, path: str | os.PathLike, strict: bool = True) -> list[str]:
-    """Set trainable variables from ``path`` (a ``.safetensors`` file or a ``.npy`` folder, as written by
-    :func:`export_weights`); returns the names set. ``strict``: every trainable variable must be present
-    and every stored array must belong to one. Shapes and dtypes must match exactly (errors name the array)."""
+    """Set trainable variables from ``path``; returns the names set.
+
+    ``path`` is a ``.safetensors`` file or a ``.npy`` folder, as written by :func:`export_weights`. ``strict``: every
+    trainable variable must be present and every stored array must belong to one. Shapes and dtypes must match
+    exactly (errors name the array).
+    """
     path = Path(path)
     if _is_safetensors(path):
         if not path.is_file():

@@ -50,8 +50,11 @@ def _java_major(tool: str) -> int:
 
 
 def fetch(classifier: str | None = None, folder: Path | None = None, gradle: str | None = None) -> Path:
-    """Fetch nd4j (and compile the bridge) into ``folder`` (default: the per-user cache for ``classifier``,
-    default this CPU's best build). Returns the folder. Raises ``SystemExit`` with the fix if a tool is missing."""
+    """Fetch nd4j (and compile the bridge) into ``folder``.
+
+    ``folder`` defaults to the per-user cache for ``classifier``, which defaults to this CPU's best build. Returns the
+    folder. Raises ``SystemExit`` with the fix if a tool is missing.
+    """
     classifier = classifier or _jvm.preferred_classifier()
     folder = folder or _jvm.cache_root() / _jvm.ND4J_VERSION / classifier
     gradle = gradle or shutil.which("gradle")

@@ -129,8 +129,9 @@ ShardFn = Callable[[int, int, int], "Feeds | None"]
 
 # ============================================================================ plain helpers (numpy only)
 def split_rows(batch: Feeds, parts: int) -> list[dict[str, Any]]:
-    """Split a global batch by rows into ``parts`` shards, in order (``np.array_split``: sizes differ by at most
-    one, so with fewer rows than parts the last shards are empty).
+    """Split a global batch by rows into ``parts`` shards, in order.
+
+    ``np.array_split``: sizes differ by at most one, so with fewer rows than parts the last shards are empty.
 
     An array is split when its leading size is the batch's row count (that of the first array with a leading
     axis, as :meth:`Trainer.fit <samediff_py.train.Trainer.fit>` counts rows); scalars and arrays with another
@@ -166,11 +167,12 @@ def _scale(grad: np.ndarray, weight: float, total: float) -> np.ndarray:
 def combine(
     weights: Sequence[float], losses: Sequence[float], grads: Sequence[np.ndarray]
 ) -> tuple[float, float, np.ndarray]:
-    """Combine shards as the workers do: ``(loss, W, grad)`` with ``W = sum(w_i)``,
-    ``loss = sum(w_i * loss_i) / W`` and ``grad = sum((w_i / W) * g_i)`` (each term rounded to the gradient's
-    dtype, summed in shard order); loss 0 and a zero gradient when ``W = 0``. This equals the loss and gradient
-    of one process on the concatenated shards, for a loss that is a mean over its weights (counted positions of
-    a masked loss, or rows).
+    """Combine shards as the workers do.
+
+    ``(loss, W, grad)`` with ``W = sum(w_i)``, ``loss = sum(w_i * loss_i) / W`` and ``grad = sum((w_i / W) * g_i)``
+    (each term rounded to the gradient's dtype, summed in shard order); loss 0 and a zero gradient when ``W = 0``. This
+    equals the loss and gradient of one process on the concatenated shards, for a loss that is a mean over its weights
+    (counted positions of a masked loss, or rows).
 
     >>> g = [np.full(2, 1.0, np.float32), np.full(2, 5.0, np.float32), np.full(2, 9.0, np.float32)]
     >>> loss, total, grad = combine([3.0, 1.0, 0.0], [2.0, 6.0, 0.0], g)
@@ -230,8 +232,10 @@ def _physical_memory() -> int:
 
 
 def default_object_store_memory(memory: int | None = None) -> int:
-    """The object store a local cluster gets here: 10 % of RAM, between 256 MiB and 2 GiB (Ray's own default
-    is 30 % of RAM). It holds shards and, with the object-store transport, one gradient per worker per step.
+    """The object store a local cluster gets here.
+
+    10 % of RAM, between 256 MiB and 2 GiB (Ray's own default is 30 % of RAM). It holds shards and, with the
+    object-store transport, one gradient per worker per step.
 
     >>> default_object_store_memory(16 * GiB) // MiB, default_object_store_memory(64 * GiB) // MiB
     (1638, 2048)
@@ -492,8 +496,10 @@ class _Worker:
                 "done": time.time()}, grad  # fmt: skip
 
     def apply(self, b: int, *parts: Any) -> dict[str, Any]:
-        """Object-store transport, phase two: every shard's ``(meta, gradient)`` (resolved by Ray), combined in
-        rank order, applied."""
+        """Object-store transport, phase two.
+
+        Every shard's ``(meta, gradient)`` (resolved by Ray), combined in rank order, applied.
+        """
         t0, start = time.perf_counter(), time.time()
         n = len(parts) // 2
         metas, grads = parts[:n], parts[n:]
@@ -584,8 +590,10 @@ class _Worker:
 # ============================================================================ the driver
 @dataclass
 class DistributedHistory(History):
-    """:class:`~samediff_py.train.History` of a data-parallel run (global losses, weights = total counted
-    positions or rows per step), plus per-rank views and what happened to the workers.
+    """History of a data-parallel run.
+
+    A :class:`~samediff_py.train.History` (global losses, weights = total counted positions or rows per step), plus
+    per-rank views and what happened to the workers.
 
     Attributes:
         rank_losses, rank_weights: per step, each worker's own shard loss and weight.
@@ -651,8 +659,10 @@ class _Restart(Exception):
 
 
 class _Batches:
-    """Global batches by index, from the data (epochs chained), keeping those after the last checkpoint so that
-    a restart can replay them."""
+    """Global batches by index, from the data (epochs chained).
+
+    Keeps those after the last checkpoint so that a restart can replay them.
+    """
 
     def __init__(self, source: Iterator[tuple[int, Any]]):
         self.source = source
@@ -838,9 +848,11 @@ class DataParallel:
 
     # ---------------------------------------------------------------- waiting, failures
     def _gather(self, refs: Sequence[Any], what: str) -> list[Any]:
-        """Results of ``refs`` in order. A dead worker, a failed collective or a timeout raises :class:`_Restart`;
-        any other worker error is re-raised as itself (the workers are torn down first: survivors may be blocked
-        in a collective)."""
+        """Results of ``refs`` in order.
+
+        A dead worker, a failed collective or a timeout raises :class:`_Restart`; any other worker error is re-raised as
+        itself (the workers are torn down first: survivors may be blocked in a collective).
+        """
         ray = self._ray
         pending = list(refs)
         results: dict[Any, Any] = {}
@@ -904,9 +916,11 @@ class DataParallel:
 
     # ---------------------------------------------------------------- checks and checkpoints
     def verify(self) -> str:
-        """Compare the workers' parameter hashes now; returns the common hash, or raises
-        :class:`ReplicaMismatchError` naming the workers that differ (with local SGD, replicas agree only right
-        after an averaging step)."""
+        """Compare the workers' parameter hashes now.
+
+        Returns the common hash, or raises :class:`ReplicaMismatchError` naming the workers that differ (with local SGD,
+        replicas agree only right after an averaging step).
+        """
         return self._outside_fit(lambda: self._verify(self._batches_done, record=False), "verify")
 
     def _verify(self, b: int, record: bool = True) -> str:
@@ -965,8 +979,13 @@ class DataParallel:
             data: global batches in any form :meth:`Trainer.fit <samediff_py.train.Trainer.fit>` takes (a dict
                 of arrays batched by ``batch_size`` and shuffled with ``seed``, a re-iterable of feed dicts, a
                 callable ``epoch -> iterable``); the driver splits each by rows (:func:`split_rows`).
+            epochs: passes over ``data``.
+            batch_size: global batch size when ``data`` is a dict of arrays.
+            shuffle: shuffle the rows of a dict of arrays each epoch.
+            seed: seed of that shuffle.
             shards: instead of ``data``: picklable ``(step, rank, world) -> feeds or None``, run in the workers
-                (data that lives with them); ``steps`` says how many.
+                (data that lives with them).
+            steps: how many global steps to run with ``shards``.
             callbacks: objects with ``on_step_end(step, logs)`` / ``on_epoch_end(epoch, logs)`` run on the
                 driver (returning True stops); ``step`` counts global steps from 0 in this call.
             progress: a tqdm bar (None: only on a terminal).
@@ -1092,8 +1111,10 @@ class DataParallel:
 
     # ---------------------------------------------------------------- results
     def _outside_fit(self, call: Callable[[], Any], what: str) -> Any:
-        """Run a driver request outside :meth:`fit`; a lost worker becomes :class:`WorkerLostError` (the next
-        fit resumes from the last checkpoint)."""
+        """Run a driver request outside :meth:`fit`.
+
+        A lost worker becomes :class:`WorkerLostError` (the next fit resumes from the last checkpoint).
+        """
         if self._broken or not self._workers:
             raise WorkerLostError(f"{what}: the workers were torn down after an error; call fit to resume")
         try:
@@ -1155,8 +1176,11 @@ def fit(
     progress: bool | None = None,
     **options: Any,
 ) -> tuple[DistributedHistory, dict[str, np.ndarray]]:
-    """One data-parallel run: :class:`DataParallel` ``(build, workers, **options)``, :meth:`DataParallel.fit`,
-    then the trained weights; returns ``(history, weights)``."""
+    """One data-parallel run, returning ``(history, weights)``.
+
+    Builds :class:`DataParallel` ``(build, workers, **options)``, runs :meth:`DataParallel.fit`, then reads the
+    trained weights.
+    """
     with DataParallel(build, workers, **options) as dp:
         hist = dp.fit(data, epochs, batch_size, shuffle, seed, shards=shards, steps=steps, callbacks=callbacks,
                       progress=progress)  # fmt: skip

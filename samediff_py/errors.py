@@ -35,8 +35,11 @@ class MaskError(ValueError):
 
 
 class FeedError(ValueError):
-    """A feed breaks a declared contract (ids outside an embedding table, labels outside the classes,
-    a sequence longer than a position table, an empty batch); the message names the placeholder."""
+    """A feed breaks a declared contract.
+
+    For example ids outside an embedding table, labels outside the classes, a sequence longer than a position table,
+    an empty batch; the message names the placeholder.
+    """
 
 
 class ModelFileError(OSError):

@@ -71,6 +71,7 @@ class Var:
 
     @property
     def rank(self) -> int:
+        """Number of axes of the static shape."""
         return len(self.shape)
 
     def __repr__(self) -> str:
@@ -129,26 +130,33 @@ class Var:
 
     # a few methods for chaining; every op is also a function in samediff_py.ops
     def relu(self, name: str | None = None) -> Var:
+        """Same as :func:`samediff_py.ops.relu`."""
         return _ops().relu(self, name=name)
 
     def sum(self, axis=None, keepdims: bool = False, name: str | None = None) -> Var:
+        """Same as :func:`samediff_py.ops.sum`."""
         return _ops().sum(self, axis, keepdims, name=name)
 
     def mean(self, axis=None, keepdims: bool = False, name: str | None = None) -> Var:
+        """Same as :func:`samediff_py.ops.mean`."""
         return _ops().mean(self, axis, keepdims, name=name)
 
     def max(self, axis=None, keepdims: bool = False, name: str | None = None) -> Var:
+        """Same as :func:`samediff_py.ops.max`."""
         return _ops().max(self, axis, keepdims, name=name)
 
     def reshape(self, *shape, name: str | None = None) -> Var:
+        """Same as :func:`samediff_py.ops.reshape`; the shape as one tuple or as separate ints."""
         return _ops().reshape(
             self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape, name=name
         )
 
     def transpose(self, *axes, name: str | None = None) -> Var:
+        """Same as :func:`samediff_py.ops.transpose`; no axes reverses them."""
         return _ops().transpose(self, axes or None, name=name)
 
     def astype(self, dtype: Any, name: str | None = None) -> Var:
+        """Same as :func:`samediff_py.ops.cast`."""
         return _ops().cast(self, dtype, name=name)
 
 
@@ -328,8 +336,10 @@ class Graph:
 
     # ------------------------------------------------------------------ describing
     def summary(self) -> str:
-        """A Keras-style description: placeholders (named dims, masks with polarity and padding side),
-        every variable with shape, dtype and parameter count, the total, and the declared feed contracts.
+        """A Keras-style description of the graph.
+
+        Placeholders (named dims, masks with polarity and padding side), every variable with shape, dtype and parameter
+        count, the total, and the declared feed contracts.
 
         >>> import numpy as np
         >>> from samediff_py import Graph, masked
@@ -382,8 +392,10 @@ class Graph:
         return "\n".join(line.rstrip() for line in out)
 
     def to_dot(self, name: str = "samediff_py") -> str:
-        """The graph as Graphviz text (``dot -Tsvg``): placeholders as ellipses, variables as boxes, ops as
-        plain nodes labelled with their name and static shape, edges from inputs to outputs.
+        """The graph as Graphviz text (``dot -Tsvg``).
+
+        Placeholders as ellipses, variables as boxes, ops as plain nodes labelled with their name and static shape,
+        edges from inputs to outputs.
 
         >>> from samediff_py import Graph
         >>> g = Graph()
@@ -405,8 +417,11 @@ class Graph:
 
     # ------------------------------------------------------------------ feeding
     def add_check(self, kind: str, **params: Any) -> None:
-        """Declare a feed contract (see :mod:`samediff_py.checks`): kept in ``meta["checks"]``, run on every
-        feed before the JVM, saved with the model and enforced again after loading. Duplicates are ignored."""
+        """Declare a feed contract (see :mod:`samediff_py.checks`).
+
+        Kept in ``meta["checks"]``, run on every feed before the JVM, saved with the model and enforced again after
+        loading. Duplicates are ignored.
+        """
         spec = checks.validate({"kind": kind, **params})
         specs = self.meta.setdefault("checks", [])
         if spec not in specs:
@@ -417,8 +432,10 @@ class Graph:
         return {n for n in self.ancestors(outputs) if n in self.placeholders}
 
     def ancestors(self, outputs: Iterable[Var]) -> frozenset[str]:
-        """Names of the given nodes and every node they depend on (a graph walk, cached per output set:
-        every run and evaluation batch asks; nodes never change once made)."""
+        """Names of the given nodes and every node they depend on.
+
+        A graph walk, cached per output set: every run and evaluation batch asks; nodes never change once made.
+        """
         outputs = list(outputs)
         key = tuple(v.name for v in outputs)
         hit = self._need_cache.get(key)
@@ -439,8 +456,9 @@ class Graph:
     def check_feeds(
         self, feeds: Mapping[str, Any], need: Iterable[str] = (), outputs: Iterable[Var] | None = None
     ) -> dict[str, np.ndarray]:
-        """Validate feeds in Python (names, dtypes, ranks, fixed and named dims, declared contracts); return
-        numpy arrays.
+        """Validate feeds in Python; return numpy arrays.
+
+        Checks names, dtypes, ranks, fixed and named dims and the declared contracts.
 
         Safe casts are made (int64 -> int32 when in range, float64 -> float32, bool -> number); anything
         else raises with the placeholder's name, expected and actual shape/dtype. ``need``: placeholders that
@@ -526,8 +544,10 @@ class Graph:
         return self[o]
 
     def run(self, feeds: Mapping[str, Any], outputs: Outputs) -> Any:
-        """Compute ``outputs`` for ``feeds``; returns numpy arrays (copies, safe across later calls) in the
-        structure of ``outputs``."""
+        """Compute ``outputs`` for ``feeds``.
+
+        Returns numpy arrays (copies, safe across later calls) in the structure of ``outputs``.
+        """
         outs, rebuild = self.resolve(outputs)
         checked = self.check_feeds(feeds, self.needed_placeholders(outs), outs)
         if not outs:
@@ -540,8 +560,11 @@ class Graph:
     def gradients(
         self, feeds: Mapping[str, Any], loss: Var | str, wrt: Sequence[Var | str] | None = None
     ) -> dict[str, np.ndarray]:
-        """d(loss)/d(each of ``wrt``) as numpy arrays keyed by name; ``wrt`` defaults to every trainable
-        variable and may include placeholders. ``loss`` must be a scalar (or is summed by SameDiff)."""
+        """d(loss)/d(each of ``wrt``) as numpy arrays keyed by name.
+
+        ``wrt`` defaults to every trainable variable and may include placeholders. ``loss`` must be a scalar (or is
+        summed by SameDiff).
+        """
         loss_v = self.as_var(loss)
         targets = [self.as_var(w) for w in (wrt if wrt is not None else self.trainable())]
         for t in targets:
@@ -568,8 +591,11 @@ class Graph:
             return out
 
     def define_gradients(self, losses: Sequence[Var], placeholders: Sequence[Var] = ()) -> None:
-        """Make SameDiff's gradient function differentiate the sum of ``losses`` (w.r.t. every trainable
-        variable, plus ``placeholders``). Rebuilt only when the losses, placeholders or graph changed."""
+        """Make SameDiff's gradient function differentiate the sum of ``losses``.
+
+        (w.r.t. every trainable variable, plus ``placeholders``). Rebuilt only when the losses, placeholders or graph
+        changed.
+        """
         key = (tuple(v.name for v in losses), tuple(sorted({p.name for p in placeholders})), len(self.vars))
         if key == self._grad_key or (
             key[0] == self._grad_key[0] and set(key[1]) <= set(self._grad_key[1]) and key[2] == self._grad_key[2]
@@ -590,8 +616,11 @@ class Graph:
             return arrays.to_numpy(v.j.getArr())
 
     def set_value(self, var: Var | str, value: Any) -> None:
-        """Overwrite a variable's value (same shape; cast to its dtype), in place: a live Trainer's updater
-        keeps working on the same array, so this is safe at any time (checkpoint restore, averaging)."""
+        """Overwrite a variable's value (same shape; cast to its dtype), in place.
+
+        A live Trainer's updater keeps working on the same array, so this is safe at any time (checkpoint restore,
+        averaging).
+        """
         v = self.as_var(var)
         a = np.asarray(value)
         if v.kind != "variable":

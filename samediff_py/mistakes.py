@@ -62,8 +62,10 @@ def no_mask(x: Masked, p: AttentionParams) -> Masked:
 
 
 def softmax_over_queries(x: Masked, p: AttentionParams) -> Masked:
-    """Hand-built attention that reads DL4J's ``[B, H, Tk, Tq]`` layout as ``[B, H, Tq, Tk]``: the mask is
-    applied on axis 2 (keys) but the softmax runs over axis 3 (queries)."""
+    """Hand-built attention that reads DL4J's ``[B, H, Tk, Tq]`` layout as ``[B, H, Tq, Tk]``.
+
+    The mask is applied on axis 2 (keys) but the softmax runs over axis 3 (queries).
+    """
     out, _ = masked.unfused_attention_core(x.value, x.value, x.mask, p, softmax_axis=3)
     return Masked.derived(out, x.mask)
 
@@ -86,9 +88,11 @@ def loss_over_padding(logits: Masked, labels: Var) -> Var:
 
 # ---------------------------------------------------------------------------- sequence layers (issue 12)
 def absolute_positions(x: Masked, pos_table: Var) -> Masked:
-    """Adds ``pos_table[t]`` at time index ``t`` whatever the padding: right only for right padding. Under
-    left padding a row's tokens get positions shifted by its number of pads (the fix: positions from the
-    mask, :func:`samediff_py.masked.position_ids` / ``EncoderConfig(positions="from_mask")``)."""
+    """Adds ``pos_table[t]`` at time index ``t`` whatever the padding.
+
+    Right only for right padding. Under left padding a row's tokens get positions shifted by its number of pads (the
+    fix: positions from the mask, :func:`samediff_py.masked.position_ids` / ``EncoderConfig(positions="from_mask")``).
+    """
     pos = ops.expand_dims(ops.leading_rows(pos_table, x.value), 0)  # [1, time, d]
     return x + pos
 
@@ -110,16 +114,22 @@ def _raw_lstm(v: Var, params: masked.LSTMParams) -> Var:
 
 
 def lstm_state_at_end(x: Masked, params: masked.LSTMParams) -> Var:
-    """The "final state" of an LSTM taken at the last time index of the padded batch: for a short row it is
-    the state after running over its padding (the fix: :func:`samediff_py.masked.lstm`'s ``last_h``)."""
+    """The "final state" of an LSTM taken at the last time index of the padded batch.
+
+    For a short row it is the state after running over its padding (the fix: :func:`samediff_py.masked.lstm`'s
+    ``last_h``).
+    """
     h = _raw_lstm(x.zeroed(), params)
     return h[:, -1]
 
 
 def backward_reads_pads(x: Masked, fwd: masked.LSTMParams, bwd: masked.LSTMParams) -> Masked:
-    """Bidirectional LSTM whose backward direction is a forward LSTM over ``x`` reversed along time, padding
-    included: on a right-padded row it starts on the pads and reaches the last valid token with a state
-    that depends on how many there are (the fix: ``masked.lstm`` with bidirectional params)."""
+    """Bidirectional LSTM whose backward direction runs over ``x`` reversed along time, padding included.
+
+    The backward direction is a forward LSTM over ``x`` reversed along time, padding included: on a right-padded row it
+    starts on the pads and reaches the last valid token with a state that depends on how many there are (the fix:
+    ``masked.lstm`` with bidirectional params).
+    """
     rec = masked.lstm(x, fwd).outputs
     rev = masked.recurrent.reverse_time(x.zeroed())
     back = masked.recurrent.reverse_time(_raw_lstm(rev, bwd))
@@ -127,17 +137,22 @@ def backward_reads_pads(x: Masked, fwd: masked.LSTMParams, bwd: masked.LSTMParam
 
 
 def causal_without_padding(x: Masked, p: AttentionParams) -> Masked:
-    """Causal attention given only the causal mask (as if no position were padding): a query attends to the
-    padded keys before it. Invisible with right padding (pads come after every valid query), wrong with left
-    padding (the fix: ``masked.multi_head_attention(x, p, causal=True)``, which combines both masks)."""
+    """Causal attention given only the causal mask (as if no position were padding).
+
+    A query attends to the padded keys before it. Invisible with right padding (pads come after every valid query),
+    wrong with left padding (the fix: ``masked.multi_head_attention(x, p, causal=True)``, which combines both masks).
+    """
     everything = ops.add(ops.multiply(x.mask, 0.0), 1.0)
     out = masked.causal_attention(Masked.derived(x.value, everything), p)
     return Masked.derived(out.value, x.mask)
 
 
 def unmasked_conv_stack(x: Masked, layers: list[tuple[Var, Var | None, int, str]]) -> Masked:
-    """A stack of ``(w, b, dilation, padding)`` 1-d convolutions with ReLUs, computed on ``.value`` without
-    zeroing padded steps between layers (the fix: ``masked.conv1d``, which selects before and after)."""
+    """A stack of 1-d convolutions with ReLUs that does not zero padded steps between layers.
+
+    The layers are ``(w, b, dilation, padding)`` tuples, computed on ``.value`` without zeroing padded steps between
+    layers (the fix: ``masked.conv1d``, which selects before and after).
+    """
     g = x.graph
     v = x.value
     seq = _jvm.jclass("samediffpy.Sequences")

@@ -37,10 +37,12 @@ Norm = Callable[[Masked, Var, Var], Masked]
 
 
 def correct_attention(x: Masked, p: AttentionParams) -> Masked:
+    """The encoder's default attention: :func:`samediff_py.masked.multi_head_attention`."""
     return masked.multi_head_attention(x, p)
 
 
 def correct_norm(x: Masked, gain: Var, bias: Var) -> Masked:
+    """The encoder's default norm: :func:`samediff_py.masked.layer_norm` over features (libnd4j's fused op)."""
     return masked.layer_norm(x, gain, bias, eps=0.0)  # eps=0 selects libnd4j's fused op
 
 
@@ -49,9 +51,12 @@ POSITIONS = ("absolute", "from_mask")
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Sizes of :class:`Encoder`. ``positions``: ``"absolute"`` (position ``t`` = time index ``t``: right
-    padding only) or ``"from_mask"`` (each token's index among its row's valid tokens, computed in the graph
-    from the mask: a left-padded row then equals the same row unpadded)."""
+    """Sizes of :class:`Encoder`.
+
+    ``positions``: ``"absolute"`` (position ``t`` = time index ``t``: right padding only) or ``"from_mask"`` (each
+    token's index among its row's valid tokens, computed in the graph from the mask: a left-padded row then equals the
+    same row unpadded).
+    """
 
     vocab: int
     d_model: int = 32
@@ -80,6 +85,7 @@ class Block:
 
     @classmethod
     def create(cls, g: Graph, name: str, cfg: EncoderConfig) -> Block:
+        """A block of fresh variables under ``name`` (LayerNorm gains 1, biases 0)."""
         d = cfg.d_model
         attn = AttentionParams.create(g, f"{name}/attn", d, cfg.heads)
         with g.scope(name):
@@ -95,6 +101,7 @@ class Block:
             )
 
     def __call__(self, x: Masked, attend: Attend = correct_attention, norm: Norm = correct_norm) -> Masked:
+        """Apply the block to Masked ``[batch, time, d_model]``; ``attend`` and ``norm`` can be swapped out."""
         x = norm(x + attend(x, self.attn), *self.ln1)
         ff = masked.dense(masked.dense(x, self.w1, self.b1, ops.relu), self.w2, self.b2)
         return norm(x + ff, *self.ln2)
@@ -137,9 +144,11 @@ class Encoder:
         return masked.dense(h, self.out_w, self.out_b)
 
     def project_counted(self, h: Masked, labels: Var, ignore_label: int = -1) -> CountedRows:
-        """Hidden states -> logits ``[n + 1, vocab]`` at the counted positions only (mask 1, label not
-        ``ignore_label``; see :func:`samediff_py.masked.counted_rows`): what a masked-LM loss needs, at ~15 %
-        of the full projection's cost."""
+        """Hidden states -> logits ``[n + 1, vocab]`` at the counted positions only.
+
+        Counted means mask 1 and label not ``ignore_label`` (see :func:`samediff_py.masked.counted_rows`): what a
+        masked-LM loss needs, at ~15 % of the full projection's cost.
+        """
         return masked.counted_rows(h, labels, ignore_label).map(
             lambda r: ops.add(ops.matmul(r, self.out_w), self.out_b)
         )
@@ -159,9 +168,12 @@ class Encoder:
         loss_name: str = "loss",
         accuracy_name: str = "accuracy",
     ) -> MLMHead:
-        """The masked-LM training graph: loss and accuracy over the counted positions' rows only (same values
-        and gradients as over the full logits, without the ``[batch, time, vocab]`` projection), plus the
-        full logits for inference (computed only when asked for)."""
+        """The masked-LM training graph.
+
+        Loss and accuracy over the counted positions' rows only (same values and gradients as over the full logits,
+        without the ``[batch, time, vocab]`` projection), plus the full logits for inference (computed only when asked
+        for).
+        """
         h = self.encode(tokens, mask, attend, norm)
         counted = self.project_counted(h, labels, ignore_label)
         return MLMHead(
@@ -175,9 +187,12 @@ class Encoder:
 
 @dataclass
 class MLMHead:
-    """What :meth:`Encoder.mlm` builds: ``hidden`` (Masked ``[batch, time, d_model]``), ``logits`` (Masked
-    ``[batch, time, vocab]``, every position: inference), ``counted`` (:class:`CountedRows` logits at the
-    counted positions), ``loss`` and ``accuracy`` (scalars over the counted positions)."""
+    """What :meth:`Encoder.mlm` builds.
+
+    ``hidden`` (Masked ``[batch, time, d_model]``), ``logits`` (Masked ``[batch, time, vocab]``, every position:
+    inference), ``counted`` (:class:`CountedRows` logits at the counted positions), ``loss`` and ``accuracy`` (scalars
+    over the counted positions).
+    """
 
     hidden: Masked
     logits: Masked

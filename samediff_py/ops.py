@@ -77,7 +77,18 @@ def _pair(a: Operand, b: Operand) -> tuple[Var, Var]:
 
 
 def broadcast_shapes(a: Shape, b: Shape) -> Shape:
-    """numpy broadcasting with ``None`` for unknown sizes."""
+    """Numpy broadcasting of two static shapes, with ``None`` for unknown sizes.
+
+    Args:
+        a: a shape (tuple of ints or ``None``).
+        b: another shape.
+
+    Returns:
+        The broadcast shape; an unknown size broadcasts to the other operand's size unless that is 1.
+
+    Raises:
+        ValueError: if known sizes differ and neither is 1.
+    """
     out: list[int | None] = []
     for i in range(builtins.max(len(a), len(b))):
         x = a[len(a) - 1 - i] if i < len(a) else 1
@@ -135,66 +146,174 @@ def _unary(base: str, x: Var, build, name: str | None) -> Var:
 
 # ---------------------------------------------------------------------------- arithmetic
 def add(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """Elementwise ``a + b`` with numpy broadcasting."""
+    """Elementwise ``a + b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        Var of the broadcast shape, in the operands' dtype.
+    """
     return _binary("add", a, b, "add", name)
 
 
 def subtract(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """Elementwise ``a - b`` with numpy broadcasting."""
+    """Elementwise ``a - b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        Var of the broadcast shape, in the operands' dtype.
+    """
     return _binary("sub", a, b, "sub", name)
 
 
 def multiply(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """Elementwise ``a * b`` with numpy broadcasting."""
+    """Elementwise ``a * b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        Var of the broadcast shape, in the operands' dtype.
+    """
     return _binary("mul", a, b, "mul", name)
 
 
 def divide(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """Elementwise ``a / b`` with numpy broadcasting."""
+    """Elementwise ``a / b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        Var of the broadcast shape, in the operands' dtype.
+    """
     return _binary("div", a, b, "div", name)
 
 
 def negative(x: Var, name: str | None = None) -> Var:
-    """``-x``."""
+    """Elementwise ``-x``.
+
+    Args:
+        x: Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     return _unary("neg", x, lambda n: x.j.neg(n), name)
 
 
 def less(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """``a < b`` as a bool Var."""
+    """Elementwise ``a < b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        bool Var of the broadcast shape.
+    """
     return _binary("lt", a, b, "lt", name, np.bool_)
 
 
 def less_equal(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """``a <= b`` as a bool Var."""
+    """Elementwise ``a <= b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        bool Var of the broadcast shape.
+    """
     return _binary("lte", a, b, "lte", name, np.bool_)
 
 
 def greater(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """``a > b`` as a bool Var."""
+    """Elementwise ``a > b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        bool Var of the broadcast shape.
+    """
     return _binary("gt", a, b, "gt", name, np.bool_)
 
 
 def greater_equal(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """``a >= b`` as a bool Var."""
+    """Elementwise ``a >= b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        bool Var of the broadcast shape.
+    """
     return _binary("gte", a, b, "gte", name, np.bool_)
 
 
 def equal(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """``a == b`` elementwise, as a bool Var."""
+    """Elementwise ``a == b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        bool Var of the broadcast shape.
+    """
     return _binary("eq", a, b, "eq", name, np.bool_)
 
 
 def not_equal(a: Operand, b: Operand, name: str | None = None) -> Var:
-    """``a != b`` elementwise, as a bool Var."""
+    """Elementwise ``a != b`` with numpy broadcasting.
+
+    Args:
+        a: Var, number or numpy array (numbers and arrays become constants of the other operand's dtype).
+        b: the same; at least one of ``a``, ``b`` must be a Var, and two Vars must share a dtype.
+        name: optional name of the output node.
+
+    Returns:
+        bool Var of the broadcast shape.
+    """
     return _binary("neq", a, b, "neq", name, np.bool_)
 
 
 def matmul(a: Var, b: Var, name: str | None = None, *, transpose_b: bool = False) -> Var:
-    """Matrix product. ``[m, k] @ [k, n] -> [m, n]``, or ``[..., k] @ [k, n] -> [..., n]`` for any rank of
-    ``a`` (e.g. ``[batch, time, d] @ [d, e]``), which SameDiff's ``mmul`` does not accept directly.
+    """Matrix product ``[m, k] @ [k, n] -> [m, n]``, or ``[..., k] @ [k, n] -> [..., n]`` for any rank of ``a``.
 
+    SameDiff's ``mmul`` does not accept the second form (e.g. ``[batch, time, d] @ [d, e]``) directly.
     ``transpose_b=True`` multiplies by ``b.T`` for a ``b`` of shape ``[n, k]`` (e.g. a tied ``[vocab, d]``
     embedding as an output projection) without materialising the transpose.
+
+    Args:
+        a: ``[..., k]`` Var of rank >= 2.
+        b: ``[k, n]`` Var (``[n, k]`` with ``transpose_b``), same dtype; its shape must be known when ``a`` has
+            rank > 2.
+        name: optional name of the output node.
+        transpose_b: multiply by ``b.T``.
+
+    Returns:
+        ``[..., n]`` Var of ``a``'s dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -268,29 +387,79 @@ def _reduce(op: str, x: Var, axis, keepdims: bool, name: str | None) -> Var:
 
 
 def sum(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, name: str | None = None) -> Var:  # noqa: A001
-    """Sum over ``axis`` (all axes if ``None``)."""
+    """Sum over ``axis`` (all axes if ``None``).
+
+    Args:
+        x: Var to reduce.
+        axis: an axis, a sequence of axes, or ``None`` for all axes (``()`` returns ``x`` unchanged, as in numpy).
+        keepdims: keep the reduced axes with size 1.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s dtype and shape without ``axis`` (size 1 there with ``keepdims``).
+    """
     return _reduce("sum", x, axis, keepdims, name)
 
 
 def mean(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, name: str | None = None) -> Var:
-    """Arithmetic mean over ``axis`` (all axes if ``None``). For padded sequences use
-    :func:`samediff_py.masked.mean_pool`, which divides by the valid count."""
+    """Arithmetic mean over ``axis`` (all axes if ``None``).
+
+    For padded sequences use :func:`samediff_py.masked.mean_pool`, which divides by the valid count.
+
+    Args:
+        x: Var to reduce.
+        axis: an axis, a sequence of axes, or ``None`` for all axes (``()`` returns ``x`` unchanged, as in numpy).
+        keepdims: keep the reduced axes with size 1.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s dtype and shape without ``axis`` (size 1 there with ``keepdims``).
+    """
     return _reduce("mean", x, axis, keepdims, name)
 
 
 def max(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, name: str | None = None) -> Var:  # noqa: A001
-    """Maximum over ``axis`` (all axes if ``None``)."""
+    """Maximum over ``axis`` (all axes if ``None``).
+
+    Args:
+        x: Var to reduce.
+        axis: an axis, a sequence of axes, or ``None`` for all axes (``()`` returns ``x`` unchanged, as in numpy).
+        keepdims: keep the reduced axes with size 1.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s dtype and shape without ``axis`` (size 1 there with ``keepdims``).
+    """
     return _reduce("max", x, axis, keepdims, name)
 
 
 def min(x: Var, axis: int | Sequence[int] | None = None, keepdims: bool = False, name: str | None = None) -> Var:  # noqa: A001
-    """Minimum over ``axis`` (all axes if ``None``)."""
+    """Minimum over ``axis`` (all axes if ``None``).
+
+    Args:
+        x: Var to reduce.
+        axis: an axis, a sequence of axes, or ``None`` for all axes (``()`` returns ``x`` unchanged, as in numpy).
+        keepdims: keep the reduced axes with size 1.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s dtype and shape without ``axis`` (size 1 there with ``keepdims``).
+    """
     return _reduce("min", x, axis, keepdims, name)
 
 
 def cumsum(x: Var, axis: int, exclusive: bool = False, reverse: bool = False, name: str | None = None) -> Var:
-    """Cumulative sum along ``axis`` (``np.cumsum``); ``exclusive`` starts from 0 (``[0, x0, x0+x1, ...]``),
-    ``reverse`` sums from the end.
+    """Cumulative sum along ``axis`` (``np.cumsum``).
+
+    Args:
+        x: Var of any shape.
+        axis: the axis to sum along.
+        exclusive: start from 0 (``[0, x0, x0+x1, ...]``).
+        reverse: sum from the end.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -314,7 +483,16 @@ def cumsum(x: Var, axis: int, exclusive: bool = False, reverse: bool = False, na
 
 # ---------------------------------------------------------------------------- shape ops
 def reshape(x: Var, shape: Sequence[int], name: str | None = None) -> Var:
-    """Reshape (C order); one entry may be -1. Unknown input dims must map to -1."""
+    """Reshape (C order); one entry may be -1.
+
+    Args:
+        x: Var; input dims unknown when building must map to -1.
+        shape: the new shape (ints, at most one -1).
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``shape`` (the -1 resolved when ``x``'s shape is known) and ``x``'s dtype.
+    """
     _plain(x)
     shape = [int(s) for s in shape]
     if negative_dims := [s for s in shape if s < 0]:
@@ -336,8 +514,19 @@ def reshape(x: Var, shape: Sequence[int], name: str | None = None) -> Var:
 
 
 def reshape_tail(x: Var, keep: int, tail: Sequence[int], name: str | None = None) -> Var:
-    """Keep the first ``keep`` axes of ``x`` (sizes read at run time, so they may be unknown when building)
-    and reshape the rest to ``tail``: ``[B, T, H * hs] -> [B, T, H, hs]`` is ``reshape_tail(x, 2, (H, hs))``.
+    """Keep the first ``keep`` axes of ``x`` and reshape the rest to ``tail``.
+
+    The kept sizes are read at run time, so they may be unknown when building: ``[B, T, H * hs] -> [B, T, H, hs]``
+    is ``reshape_tail(x, 2, (H, hs))``.
+
+    Args:
+        x: Var whose trailing axes hold ``prod(tail)`` elements.
+        keep: number of leading axes kept, in ``[0, x.rank]``.
+        tail: the new trailing sizes (each >= 1).
+        name: optional name of the output node.
+
+    Returns:
+        ``[*x.shape[:keep], *tail]`` Var of ``x``'s dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -362,7 +551,16 @@ def reshape_tail(x: Var, keep: int, tail: Sequence[int], name: str | None = None
 
 
 def transpose(x: Var, axes: Sequence[int] | None = None, name: str | None = None) -> Var:
-    """Permute axes (reverse them if ``axes`` is None), like ``np.transpose``."""
+    """Permute axes, like ``np.transpose``.
+
+    Args:
+        x: Var of any rank.
+        axes: a permutation of ``range(x.rank)``; ``None`` reverses the axes.
+        name: optional name of the output node.
+
+    Returns:
+        Var with ``shape[i] = x.shape[axes[i]]``, ``x``'s dtype.
+    """
     _plain(x)
     perm = list(range(x.rank))[::-1] if axes is None else [_axis(a, x.rank, repr(x.name)) for a in axes]
     if sorted(perm) != list(range(x.rank)):
@@ -372,7 +570,16 @@ def transpose(x: Var, axes: Sequence[int] | None = None, name: str | None = None
 
 
 def concat(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
-    """Join along an existing axis."""
+    """Join along an existing axis.
+
+    Args:
+        xs: Vars of one rank and dtype, equal sizes except along ``axis``.
+        axis: the axis to join along.
+        name: optional name of the output node.
+
+    Returns:
+        Var whose ``axis`` size is the sum of the inputs' sizes.
+    """
     xs = list(xs)
     _plain(*xs)
     g = _graph_of(*xs)
@@ -396,7 +603,16 @@ def concat(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
 
 
 def stack(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
-    """Join along a new axis."""
+    """Join along a new axis.
+
+    Args:
+        xs: Vars of one shape and dtype.
+        axis: position of the new axis in the result.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x.shape`` with ``len(xs)`` inserted at ``axis``.
+    """
     xs = list(xs)
     _plain(*xs)
     g = _graph_of(*xs)
@@ -409,7 +625,16 @@ def stack(xs: Sequence[Var], axis: int = 0, name: str | None = None) -> Var:
 
 
 def slice_(x: Var, index: Any, name: str | None = None) -> Var:
-    """Basic numpy indexing: ints, slices (any step > 0), ``...``. Used by ``x[...]``."""
+    """Basic numpy indexing: ints, slices (any step > 0), ``...``. Used by ``x[...]``.
+
+    Args:
+        x: Var of any rank.
+        index: an int, slice, ``...`` or a tuple of them; slices are clamped to the size like numpy's.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s dtype, without the int-indexed axes.
+    """
     _plain(x)
     idx = index if isinstance(index, tuple) else (index,)
     if builtins.sum(1 for i in idx if i is Ellipsis) > 1:
@@ -459,7 +684,16 @@ def slice_(x: Var, index: Any, name: str | None = None) -> Var:
 
 
 def expand_dims(x: Var, axis: int, name: str | None = None) -> Var:
-    """Insert an axis of size 1."""
+    """Insert an axis of size 1.
+
+    Args:
+        x: Var of any rank.
+        axis: position of the new axis in the result (``-1``: last).
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape with a 1 inserted at ``axis``.
+    """
     _plain(x)
     axis = _axis(axis, x.rank + 1, "the expanded result")
     shape = (*x.shape[:axis], 1, *x.shape[axis:])
@@ -470,14 +704,33 @@ def expand_dims(x: Var, axis: int, name: str | None = None) -> Var:
 
 
 def cast(x: Var, dtype: Any, name: str | None = None) -> Var:
-    """Convert to ``dtype`` (float32, float64, int32, int64, bool)."""
+    """Convert to ``dtype``.
+
+    Args:
+        x: Var of any shape.
+        dtype: float32, float64, int32, int64 or bool (numpy dtype or name).
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape in ``dtype``.
+    """
     _plain(x)
     dt = arrays.check_dtype(dtype)
     return x.graph.op("cast", name, lambda n: _jvm.bridge().cast(x.graph.sd, n, x.j, _dt(dt)), x.shape, dt, (x,))
 
 
 def one_hot(ids: Var, depth: int, dtype: Any = None, name: str | None = None) -> Var:
-    """``[...]`` integer ids -> ``[..., depth]``; ids outside ``[0, depth)`` give all-zero rows."""
+    """One-hot encode integer ids: ``[...]`` -> ``[..., depth]``; ids outside ``[0, depth)`` give all-zero rows.
+
+    Args:
+        ids: integer Var ``[...]``.
+        depth: number of classes.
+        dtype: the result's dtype (default: the graph's float dtype).
+        name: optional name of the output node.
+
+    Returns:
+        ``[..., depth]`` Var.
+    """
     _plain(ids)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"one_hot needs integer ids, got {ids.dtype} for {ids.name!r}")
@@ -493,13 +746,22 @@ def one_hot(ids: Var, depth: int, dtype: Any = None, name: str | None = None) ->
 
 
 def gather(x: Var, ids: Var, axis: int = 0, name: str | None = None) -> Var:
-    """Rows of ``x`` picked by integer ``ids``: ``out[i...] = x[ids[i...]]`` (axis 0), shape
-    ``[*ids.shape, *x.shape[1:]]``; like ``np.take(x, ids, axis=0)``.
+    """Rows of ``x`` picked by integer ``ids``: ``out[i...] = x[ids[i...]]`` (axis 0).
 
-    The gradient w.r.t. ``x`` sums the upstream rows of every occurrence of an id (``np.add.at``); M2.1's own
-    gather gradient is wrong even for unique ids, so samediff_py registers a fixed op class for the whole JVM
-    (``samediffpy.FixedOps``; files still hold a plain ``gather``). Ids must lie in ``[0, x.shape[0])``:
-    libnd4j does not check and would read arbitrary memory, so a placeholder's feeds are checked in Python.
+    Like ``np.take(x, ids, axis=0)``. The gradient w.r.t. ``x`` sums the upstream rows of every occurrence of an id
+    (``np.add.at``); M2.1's own gather gradient is wrong even for unique ids, so samediff_py registers a fixed op
+    class for the whole JVM (``samediffpy.FixedOps``; files still hold a plain ``gather``). Ids must lie in
+    ``[0, x.shape[0])``: libnd4j does not check and would read arbitrary memory, so a placeholder's feeds are
+    checked in Python.
+
+    Args:
+        x: ``[n, ...]`` table, rank >= 1.
+        ids: integer Var ``[...]`` of row indices.
+        axis: must be 0 (M2.1's gather along other axes fails at run time).
+        name: optional name of the output node.
+
+    Returns:
+        ``[*ids.shape, *x.shape[1:]]`` Var of ``x``'s dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -526,9 +788,18 @@ def gather(x: Var, ids: Var, axis: int = 0, name: str | None = None) -> Var:
 
 
 def embedding(ids: Var, table: Var, name: str | None = None) -> Var:
-    """Rows of ``table [vocab, d]`` for integer ``ids [...]`` -> ``[..., d]``: a :func:`gather`, whose
-    gradient is sparse in cost (O(tokens x d), not O(tokens x vocab)). Ids outside ``[0, vocab)`` fed to a
-    placeholder are refused before the JVM runs, naming the placeholder, position and id.
+    """Rows of ``table [vocab, d]`` for integer ``ids [...]`` -> ``[..., d]``.
+
+    A :func:`gather`, whose gradient is sparse in cost (O(tokens x d), not O(tokens x vocab)). Ids outside
+    ``[0, vocab)`` fed to a placeholder are refused before the JVM runs, naming the placeholder, position and id.
+
+    Args:
+        ids: integer Var ``[...]``, e.g. ``[batch, time]`` tokens.
+        table: ``[vocab, d]`` Var with ``vocab`` known when building.
+        name: optional name of the output node.
+
+    Returns:
+        ``[..., d]`` Var of ``table``'s dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -549,6 +820,14 @@ def embedding(ids: Var, table: Var, name: str | None = None) -> Var:
 def range_like(x: Var, step: int = 1, name: str | None = None) -> Var:
     """``[0, step, 2 * step, ...]``: one int64 entry per element of ``x`` (its size read at run time).
 
+    Args:
+        x: Var of any shape (only its size is read).
+        step: the increment.
+        name: optional name of the output node.
+
+    Returns:
+        ``[x.size]`` int64 Var.
+
     >>> import numpy as np
     >>> from samediff_py import Graph
     >>> g = Graph()
@@ -565,12 +844,20 @@ def range_like(x: Var, step: int = 1, name: str | None = None) -> Var:
 
 
 def take_along_last_axis(x: Var, ids: Var, name: str | None = None) -> Var:
-    """``out[i...] = x[i..., ids[i...]]``: one entry per row of ``x [..., n]`` picked by integer ``ids [...]``;
-    like ``np.take_along_axis(x, ids[..., None], -1)[..., 0]``.
+    """One entry per row of ``x [..., n]`` picked by integer ``ids [...]``: ``out[i...] = x[i..., ids[i...]]``.
 
-    A :func:`gather` from the flattened ``x`` at ``row * n + id`` (no ``[..., n]`` one-hot), so its gradient
-    is ``x``-shaped with the upstream gradient at the picked entries and zeros elsewhere. Ids must lie in
-    ``[0, n)`` (not checked at run time for computed ids; a placeholder's feeds are checked in Python).
+    Like ``np.take_along_axis(x, ids[..., None], -1)[..., 0]``. A :func:`gather` from the flattened ``x`` at
+    ``row * n + id`` (no ``[..., n]`` one-hot), so its gradient is ``x``-shaped with the upstream gradient at the
+    picked entries and zeros elsewhere. Ids must lie in ``[0, n)`` (not checked at run time for computed ids; a
+    placeholder's feeds are checked in Python).
+
+    Args:
+        x: ``[..., n]`` Var with ``n`` known when building.
+        ids: integer Var ``[...]`` (``x``'s shape without the last axis).
+        name: optional name of the output node.
+
+    Returns:
+        ``[...]`` Var of ``x``'s dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -604,15 +891,22 @@ def take_along_last_axis(x: Var, ids: Var, name: str | None = None) -> Var:
 
 
 def sparse_softmax_cross_entropy(logits: Var, labels: Var, name: str | None = None) -> Var:
-    """Per-position softmax cross-entropy with integer labels: ``-log_softmax(logits)[..., labels]``,
-    shape ``labels.shape``; no reduction, no one-hot.
+    """Per-position softmax cross-entropy with integer labels: ``-log_softmax(logits)[..., labels]``.
 
-    libnd4j's fused ``sparse_softmax_cross_entropy_loss_with_logits`` (stable for any logits), with the
-    gradient samediff_py registers for the whole JVM (``samediffpy.FixedOps``): the op's own backward output
-    times the upstream gradient, so the result can be weighted, masked, averaged and combined like any value
-    (M2.1's own gradient ignored what consumed the loss). Labels must lie in ``[0, classes)`` everywhere
-    (libnd4j reads out of bounds otherwise): a placeholder's feeds are checked in Python; for masked losses
-    use :func:`samediff_py.masked.softmax_cross_entropy`, which replaces ignored labels first.
+    No reduction, no one-hot. libnd4j's fused ``sparse_softmax_cross_entropy_loss_with_logits`` (stable for any
+    logits), with the gradient samediff_py registers for the whole JVM (``samediffpy.FixedOps``): the op's own
+    backward output times the upstream gradient, so the result can be weighted, masked, averaged and combined like
+    any value (M2.1's own gradient ignored what consumed the loss). Labels must lie in ``[0, classes)`` everywhere
+    (libnd4j reads out of bounds otherwise): a placeholder's feeds are checked in Python; for masked losses use
+    :func:`samediff_py.masked.softmax_cross_entropy`, which replaces ignored labels first.
+
+    Args:
+        logits: ``[..., classes]`` float Var.
+        labels: integer Var ``[...]`` (rank >= 1) of class ids.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``labels.shape``, ``logits``' dtype: the loss at each position.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -648,7 +942,16 @@ def sparse_softmax_cross_entropy(logits: Var, labels: Var, name: str | None = No
 
 
 def zeros_like(x: Var, dtype: Any = None, name: str | None = None) -> Var:
-    """Zeros of ``x``'s (run-time) shape, in ``dtype`` (default ``x``'s); reads only ``x``'s shape."""
+    """Zeros of ``x``'s (run-time) shape; reads only ``x``'s shape.
+
+    Args:
+        x: Var of any shape.
+        dtype: the result's dtype (default ``x``'s).
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape, all 0.
+    """
     _plain(x)
     dt = x.dtype if dtype is None else arrays.check_dtype(dtype)
     g = x.graph
@@ -663,15 +966,23 @@ def where(cond: Var, x: Operand, y: Operand, name: str | None = None, same_shape
     A SELECT: the unchosen operand is never read, so NaN or inf there cannot leak into the result (unlike
     ``cond * x``), and its gradient is exactly 0 there.
 
+    Args:
+        cond: bool Var (e.g. ``x > 0``).
+        x: Var, number or array; at least one of ``x``, ``y`` must be a Var.
+        y: the same.
+        name: optional name of the output node.
+        same_shape: skip the broadcasting ops when ``cond``, ``x`` and ``y`` are known to have equal run-time
+            shapes (libnd4j refuses the op otherwise: an error, never a wrong result).
+
+    Returns:
+        Var of the broadcast shape of ``cond``, ``x`` and ``y``, in their dtype.
+
     >>> import numpy as np
     >>> from samediff_py import Graph
     >>> g = Graph()
     >>> x = g.placeholder("x", (3,))
     >>> g.run({"x": [1.0, np.nan, -2.0]}, where(x > 0.0, x, 0.0))
     array([1., 0., 0.], dtype=float32)
-
-    ``same_shape=True`` skips the broadcasting ops when ``cond``, ``x`` and ``y`` are known to have equal
-    run-time shapes (libnd4j refuses the op otherwise: an error, never a wrong result).
     """
     _plain(cond, x, y)
     if not isinstance(cond, Var) or cond.dtype != np.bool_:
@@ -694,11 +1005,21 @@ def where(cond: Var, x: Operand, y: Operand, name: str | None = None, same_shape
 
 
 def select_rows(cond: Var, x: Var, y: Var, name: str | None = None) -> Var:
-    """Row ``i`` of ``x`` where ``cond[i]`` is true, else row ``i`` of ``y``: ``cond`` is a 1-D bool Var of
-    length ``x.shape[0]``, ``x`` and ``y`` have equal shapes. A SELECT like :func:`where` (the unchosen row is
-    never read; its gradient is exactly 0), but one vector copy per row: libnd4j's elementwise select reads
-    and writes element by element (~80 ns each: 40 ms for a ``[16, 128, 256]`` activation), its row form
-    copies whole rows. Used by :func:`samediff_py.masked.value.select_valid` on ``[batch * time, ...]``.
+    """Row ``i`` of ``x`` where ``cond[i]`` is true, else row ``i`` of ``y``.
+
+    A SELECT like :func:`where` (the unchosen row is never read; its gradient is exactly 0), but one vector copy
+    per row: libnd4j's elementwise select reads and writes element by element (~80 ns each: 40 ms for a
+    ``[16, 128, 256]`` activation), its row form copies whole rows. Used by
+    :func:`samediff_py.masked.value.select_valid` on ``[batch * time, ...]``.
+
+    Args:
+        cond: 1-D bool Var of length ``x.shape[0]``.
+        x: ``[n, ...]`` Var of rank >= 2.
+        y: Var of ``x``'s shape and dtype.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -730,8 +1051,18 @@ def select_rows(cond: Var, x: Var, y: Var, name: str | None = None) -> Var:
 
 
 def reshape_like(x: Var, like: Var, name: str | None = None) -> Var:
-    """``x`` reshaped (C order) to ``like``'s run-time shape: for shapes with several dimensions unknown when
-    building (e.g. ``[batch * time, d] -> [batch, time, d]``). The element counts must agree at run time.
+    """``x`` reshaped (C order) to ``like``'s run-time shape.
+
+    For shapes with several dimensions unknown when building (e.g. ``[batch * time, d] -> [batch, time, d]``). The
+    element counts must agree at run time.
+
+    Args:
+        x: Var of any shape.
+        like: Var whose run-time shape is used (its values are not read).
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``like``'s shape and ``x``'s dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -749,7 +1080,15 @@ def reshape_like(x: Var, like: Var, name: str | None = None) -> Var:
 
 # ---------------------------------------------------------------------------- activations
 def relu(x: Var, name: str | None = None) -> Var:
-    """``max(x, 0)``."""
+    """Elementwise ``max(x, 0)``.
+
+    Args:
+        x: Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     return _unary("relu", x, lambda n: x.graph.sd.nn().relu(n, x.j, 0.0), name)
 
 
@@ -757,8 +1096,9 @@ GELU_FORMS = ("none", "tanh", "sigmoid")
 
 
 def gelu(x: Var, approximate: str = "none", name: str | None = None) -> Var:
-    """Gaussian error linear unit, in one of three forms (the names of PyTorch's ``approximate`` argument,
-    plus DL4J's own):
+    """Gaussian error linear unit, in one of three forms.
+
+    The forms are named like PyTorch's ``approximate`` argument, plus DL4J's own:
 
     - ``"none"`` (default): the exact form ``0.5 x (1 + erf(x / sqrt(2)))``: PyTorch's ``gelu``, Hugging Face
       ``hidden_act="gelu"`` (BERT). Built from plain ops around libnd4j's ``erf``.
@@ -769,11 +1109,12 @@ def gelu(x: Var, approximate: str = "none", name: str | None = None) -> Var:
       to ~0.02. (M2.1's ``precise_gelu`` op matches neither of the other two forms and is not used.)
 
     Args:
-        x: any Var.
+        x: float Var of any shape.
         approximate: ``"none"``, ``"tanh"`` or ``"sigmoid"``.
+        name: optional name of the output node.
 
     Returns:
-        A Var of ``x``'s shape.
+        Var of ``x``'s shape and dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -807,8 +1148,17 @@ def gelu(x: Var, approximate: str = "none", name: str | None = None) -> Var:
 
 
 def erf(x: Var, name: str | None = None) -> Var:
-    """The error function ``erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt`` (libnd4j's ``erf``: within ~1
-    float32 ulp of ``math.erf``, exact in float64; its M2.1 gradient ``2/sqrt(pi) exp(-x^2)`` is correct).
+    """The error function ``erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt``.
+
+    libnd4j's ``erf``: within ~1 float32 ulp of ``math.erf``, exact in float64; its M2.1 gradient
+    ``2/sqrt(pi) exp(-x^2)`` is correct.
+
+    Args:
+        x: float Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -824,43 +1174,99 @@ def erf(x: Var, name: str | None = None) -> Var:
 
 
 def tanh(x: Var, name: str | None = None) -> Var:
-    """Hyperbolic tangent."""
+    """Hyperbolic tangent, elementwise.
+
+    Args:
+        x: Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     return _unary("tanh", x, lambda n: x.graph.sd.math().tanh(n, x.j), name)
 
 
 def sigmoid(x: Var, name: str | None = None) -> Var:
-    """``1 / (1 + exp(-x))``."""
+    """Elementwise ``1 / (1 + exp(-x))``.
+
+    Args:
+        x: Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     return _unary("sigmoid", x, lambda n: x.graph.sd.nn().sigmoid(n, x.j), name)
 
 
 def exp(x: Var, name: str | None = None) -> Var:
-    """``e ** x``."""
+    """Elementwise ``e ** x``.
+
+    Args:
+        x: Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     return _unary("exp", x, lambda n: x.graph.sd.math().exp(n, x.j), name)
 
 
 def log(x: Var, name: str | None = None) -> Var:
-    """Natural logarithm."""
+    """Natural logarithm, elementwise.
+
+    Args:
+        x: Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     return _unary("log", x, lambda n: x.graph.sd.math().log(n, x.j), name)
 
 
 def sqrt(x: Var, name: str | None = None) -> Var:
-    """Square root."""
+    """Square root, elementwise.
+
+    Args:
+        x: Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     return _unary("sqrt", x, lambda n: x.graph.sd.math().sqrt(n, x.j), name)
 
 
 def square(x: Var, name: str | None = None) -> Var:
-    """``x * x``."""
+    """Elementwise ``x * x``.
+
+    Args:
+        x: Var of any shape.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     return _unary("square", x, lambda n: x.graph.sd.math().square(n, x.j), name)
 
 
 def softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
-    """``exp(x) / sum(exp(x), axis)``, computed stably. For attention over padded keys use
-    :mod:`samediff_py.masked`.
+    """``exp(x) / sum(exp(x), axis)``, computed stably.
 
-    The input is shifted by its maximum along ``axis`` first: M2.1's softmax op is not, so a row whose
-    entries all lie ~745 (float64) / ~88 (float32) below zero gives 0/0 = NaN (a fully masked attention row,
-    ``-1e9`` everywhere), and entries above ~88 (float32) overflow (tests/test_ops.py::
-    test_softmax_is_stable_far_from_zero). The shift's gradient cancels (softmax is shift-invariant).
+    For attention over padded keys use :mod:`samediff_py.masked`. The input is shifted by its maximum along
+    ``axis`` first: M2.1's softmax op is not, so a row whose entries all lie ~745 (float64) / ~88 (float32) below
+    zero gives 0/0 = NaN (a fully masked attention row, ``-1e9`` everywhere), and entries above ~88 (float32)
+    overflow (tests/test_ops.py::test_softmax_is_stable_far_from_zero). The shift's gradient cancels (softmax is
+    shift-invariant).
+
+    Args:
+        x: float Var of any shape.
+        axis: the axis to normalise over.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype; sums to 1 along ``axis``.
     """
     _plain(x)
     (ax,) = _axes(x, axis)
@@ -869,7 +1275,16 @@ def softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
 
 
 def log_softmax(x: Var, axis: int = -1, name: str | None = None) -> Var:
-    """``x - log(sum(exp(x), axis))``, computed stably."""
+    """``x - log(sum(exp(x), axis))``, computed stably.
+
+    Args:
+        x: float Var of any shape.
+        axis: the axis to normalise over.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     _plain(x)
     (ax,) = _axes(x, axis)
     # Not M2.1's fused logSoftmax: it computes log(softmax(x)), which underflows to -inf wherever x is more
@@ -890,12 +1305,23 @@ def layer_norm(
 ) -> Var:
     """``(x - mean) / sqrt(var + eps) * gain + bias`` with mean and (biased) variance over ``axis``.
 
-    With ``eps=0``, ``axis=-1``, and both ``gain`` and ``bias`` given, libnd4j's fused op is used (one op
-    instead of nine, and one backward op: much faster in SameDiff, whose per-op cost dominates small models);
-    it maps a constant row to 0 with zero gradient instead of dividing by zero.
+    With ``eps=0``, ``axis=-1``, and both ``gain`` and ``bias`` given, libnd4j's fused op is used (one op instead
+    of nine, and one backward op: much faster in SameDiff, whose per-op cost dominates small models); it maps a
+    constant row to 0 with zero gradient instead of dividing by zero.
 
-    For ``[batch, time, features]`` normalise over features (``axis=-1``): normalising over time mixes
-    padded steps into valid ones (the classic mistake that breaks pad-invariance).
+    For ``[batch, time, features]`` normalise over features (``axis=-1``): normalising over time mixes padded
+    steps into valid ones (the classic mistake that breaks pad-invariance).
+
+    Args:
+        x: float Var, e.g. ``[batch, time, features]``.
+        axis: the axis or axes to normalise over.
+        gain: optional scale, broadcast against ``x`` (e.g. ``[features]``).
+        bias: optional offset, broadcast against ``x``.
+        eps: added to the variance.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
     """
     _plain(x)
     axes = _axes(x, axis)
@@ -923,6 +1349,15 @@ def layer_norm(
 def leading_rows(table: Var, like: Var, axis: int = 1, name: str | None = None) -> Var:
     """``table[:n]`` with ``n = like.shape[axis]`` known only at run time (e.g. positions for length T).
 
+    Args:
+        table: ``[rows, ...]`` Var.
+        like: Var whose run-time size along ``axis`` is ``n`` (its values are not read).
+        axis: the axis of ``like`` to read.
+        name: optional name of the output node.
+
+    Returns:
+        ``[n, *table.shape[1:]]`` Var of ``table``'s dtype.
+
     >>> import numpy as np
     >>> from samediff_py import Graph
     >>> g = Graph()
@@ -947,8 +1382,20 @@ def leading_rows(table: Var, like: Var, axis: int = 1, name: str | None = None) 
 
 
 def batch_matmul(a: Var, b: Var, transpose_a: bool = False, transpose_b: bool = False, name: str | None = None) -> Var:
-    """Matrix product over the last two axes, batched over the leading ones (equal ranks, equal batch
-    dims, no broadcasting): ``[..., m, k] @ [..., k, n] -> [..., m, n]``."""
+    """Matrix product over the last two axes, batched over the leading ones: ``[..., m, k] @ [..., k, n]``.
+
+    Equal ranks, equal batch dims, no broadcasting.
+
+    Args:
+        a: ``[..., m, k]`` Var of rank >= 3 (``[..., k, m]`` with ``transpose_a``).
+        b: ``[..., k, n]`` Var of ``a``'s rank and dtype (``[..., n, k]`` with ``transpose_b``).
+        transpose_a: use ``a``'s last two axes swapped.
+        transpose_b: use ``b``'s last two axes swapped.
+        name: optional name of the output node.
+
+    Returns:
+        ``[..., m, n]`` Var of ``a``'s dtype.
+    """
     a, b = _pair(a, b)
     if a.rank != b.rank or a.rank < 3:
         raise ValueError(f"batch_matmul needs equal ranks >= 3, got {_fmt(a.shape)} and {_fmt(b.shape)}")

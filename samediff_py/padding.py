@@ -28,8 +28,18 @@ SIDES = ("right", "left")
 def mask_from_lengths(
     lengths: Sequence[int], max_len: int | None = None, dtype: Any = np.float32, side: str = "right"
 ) -> np.ndarray:
-    """``[batch, time]`` mask with ``lengths[b]`` valid (1) positions in row ``b``: the first ones
-    (``side="right"``: padding on the right) or the last ones (``side="left"``).
+    """A ``[batch, time]`` mask with ``lengths[b]`` valid (1) positions in row ``b``.
+
+    The first ones (``side="right"``: padding on the right) or the last ones (``side="left"``).
+
+    Args:
+        lengths: one non-negative length per row.
+        max_len: the time size (default the longest length).
+        dtype: the mask's dtype.
+        side: ``"right"`` or ``"left"``.
+
+    Returns:
+        ``[batch, time]`` array, 1 = valid, 0 = padding.
 
     >>> mask_from_lengths([2, 0, 3], 4)
     array([[1., 1., 0., 0.],
@@ -56,6 +66,14 @@ def mask_from_pad(tokens: np.ndarray, pad_id: int, dtype: Any = np.float32) -> n
 
     Only safe when ``pad_id`` never occurs as a real token (never reuse EOS as PAD).
 
+    Args:
+        tokens: ``[batch, time]`` integer token ids.
+        pad_id: the padding id.
+        dtype: the mask's dtype.
+
+    Returns:
+        ``[batch, time]`` array of ``dtype``.
+
     >>> mask_from_pad(np.array([[5, 6, 0, 0]]), pad_id=0)
     array([[1., 1., 0., 0.]], dtype=float32)
     """
@@ -77,6 +95,7 @@ def pad_batch(
         pad_id: the id written at padded positions.
         max_len: the time size; default the longest sequence rounded up to ``multiple`` (fewer distinct
             batch shapes: SameDiff does some first-run work for every new shape).
+        multiple: round the default ``max_len`` up to a multiple of this.
         side: ``"right"`` (tokens first, then padding) or ``"left"`` (padding first).
         rows: take ``sequences[i]`` for ``i`` in ``rows`` only (e.g. one batch of :func:`bucket_batches`).
 
@@ -111,8 +130,15 @@ def pad_batch(
 
 
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Position of every token counted among the VALID tokens of its row (0 for the first valid one), so a
-    left-padded row gets the same positions as the row unpadded; padded slots get 0.
+    """Position of every token counted among the VALID tokens of its row (0 for the first valid one).
+
+    A left-padded row thus gets the same positions as the row unpadded; padded slots get 0.
+
+    Args:
+        mask: ``[batch, time]`` mask (1 = valid).
+
+    Returns:
+        ``[batch, time]`` int32 array.
 
     >>> positions_from_mask(np.array([[0, 0, 1, 1, 1], [1, 1, 0, 0, 0]]))
     array([[0, 0, 0, 1, 2],
@@ -125,11 +151,18 @@ def positions_from_mask(mask: np.ndarray) -> np.ndarray:
 def shift_targets(
     tokens: np.ndarray, mask: np.ndarray, ignore_label: int = -1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Next-token prediction: inputs ``tokens[:, :-1]`` predict ``tokens[:, 1:]``; the target mask is
-    shifted WITH the targets (a position counts only if both it and its target are valid), and targets
-    that do not count become ``ignore_label``. Works for right and left padding.
+    """Next-token prediction: inputs ``tokens[:, :-1]`` predict ``tokens[:, 1:]``.
 
-    Returns ``(inputs, input_mask, targets, target_mask)``, each ``[batch, time - 1]``.
+    The target mask is shifted WITH the targets (a position counts only if both it and its target are valid), and
+    targets that do not count become ``ignore_label``. Works for right and left padding.
+
+    Args:
+        tokens: ``[batch, time]`` integer token ids, ``time >= 2``.
+        mask: ``[batch, time]`` mask (1 = valid).
+        ignore_label: the target of positions that do not count.
+
+    Returns:
+        ``(inputs, input_mask, targets, target_mask)``, each ``[batch, time - 1]`` (masks float32).
 
     >>> inp, inp_mask, tgt, tgt_mask = shift_targets(np.array([[5, 6, 7, 0]]), np.array([[1, 1, 1, 0]]))
     >>> tgt, tgt_mask
@@ -150,10 +183,21 @@ def shift_targets(
 def bucket_batches(
     lengths: Sequence[int], batch_size: int, seed: int | None = 0, shuffle: bool = True, drop_last: bool = False
 ) -> list[np.ndarray]:
-    """Row indices per batch, rows of similar length together, so padding (computed, then thrown away)
-    stays small: rows are sorted by length (ties in random order), cut into batches, and the batch order is
-    shuffled; every row is used once. The last batch may be smaller unless ``drop_last``. ``shuffle=False``:
-    shortest batches first. bench/RESULTS.md ("Padding") measures the gain in real tokens per second.
+    """Row indices per batch, rows of similar length together.
+
+    This keeps padding (computed, then thrown away) small: rows are sorted by length (ties in random order), cut
+    into batches, and the batch order is shuffled; every row is used once. bench/RESULTS.md ("Padding") measures
+    the gain in real tokens per second.
+
+    Args:
+        lengths: one length per row.
+        batch_size: rows per batch (>= 1).
+        seed: seed of the tie-breaking and batch shuffle.
+        shuffle: shuffle ties and the batch order; ``False``: shortest batches first.
+        drop_last: drop a last batch smaller than ``batch_size`` (kept otherwise).
+
+    Returns:
+        A list of int arrays of row indices, one per batch.
 
     >>> seqs = [np.arange(1, n + 1) for n in (5, 2, 7, 3, 6, 2)]
     >>> batches = bucket_batches([len(s) for s in seqs], batch_size=2, seed=0)
@@ -193,6 +237,14 @@ def check_mask(
     ``padding="right"``: no valid position after a padded one (a 0 before a 1 usually means the mask is
     inverted: 1 marked padding); ``padding="left"``: the mirror image; ``"any"``: no layout check; and with
     ``tokens``/``pad_id``: no pad token marked valid.
+
+    Args:
+        mask: ``[batch, time]`` array (1 = valid, 0 = padding).
+        name: the name used in messages (e.g. the placeholder's).
+        allow_empty_rows: accept rows with no valid position.
+        padding: ``"right"``, ``"left"`` or ``"any"``.
+        tokens: ``[batch, time]`` token ids the mask describes (checked with ``pad_id``).
+        pad_id: the padding id; no position holding it may be marked valid.
 
     >>> check_mask(np.array([[0.0, 1.0, 1.0]]))
     Traceback (most recent call last):

@@ -48,9 +48,12 @@ FILLS: tuple[Any, ...] = ("random", "nan", "inf", 1e30)  # float filler at padde
 
 @dataclass
 class Finding:
-    """One difference: ``check`` ('output', 'loss', 'grad', 'input-grad'), ``mode`` ('alone', 'append',
-    'fill:<filler>'), ``k`` pads (or the row, for 'alone'), which ``output``, the first offending
-    ``position`` (index tuple), the max |difference|, and the values there (reference vs padded run)."""
+    """One difference found by :func:`check_pad_invariance`.
+
+    ``check`` ('output', 'loss', 'grad', 'input-grad'), ``mode`` ('alone', 'append', 'fill:<filler>'), ``k`` pads (or
+    the row, for 'alone'), which ``output``, the first offending ``position`` (index tuple), the max |difference|, and
+    the values there (reference vs padded run).
+    """
 
     check: str
     mode: str
@@ -78,6 +81,7 @@ class PadReport:
 
     @property
     def ok(self) -> bool:
+        """True if nothing differed."""
         return not self.findings
 
     def max_drift(self, check: str | None = None, mode: str | None = None) -> float:
@@ -101,7 +105,7 @@ class PadReport:
 
 # ----------------------------------------------------------------------------------------------- feeds
 def _axes(graph: Graph, names: Sequence[str], dim: str) -> dict[str, int]:
-    """placeholder name -> axis of the named dimension ``dim``, for the fed placeholders that have it."""
+    """Map placeholder name -> axis of the named dimension ``dim``, for the fed placeholders that have it."""
     out = {}
     for n in names:
         spec = graph.placeholders[n]
@@ -229,25 +233,35 @@ def check_pad_invariance(
     rtol: float = 1e-5,
     seed: int = 0,
 ) -> PadReport:
-    """Run the checks described in the module docstring and return a :class:`PadReport` (never raises for
-    differences; see :func:`assert_pad_invariant`).
+    """Run the checks described in the module docstring and return a :class:`PadReport`.
+
+    Never raises for differences (see :func:`assert_pad_invariant`).
 
     Args:
-        graph: the graph; ``feeds`` a padded batch for it (numpy arrays by placeholder name).
+        graph: the graph.
+        feeds: a padded batch for it (numpy arrays by placeholder name).
         outputs: ``Masked`` values (compared at valid positions of their own mask) and plain ``Var`` (compared
             in full: pooled values, metrics; in "alone" mode per row if their leading axis is the batch).
         loss: if given, its value and every trainable variable's gradient are compared too ("append", "fill").
         grad_inputs: float placeholders whose gradient from ``loss`` must be exactly 0 at padded positions.
         mask: the mask placeholder that describes the padded time axis (its declared padding side decides
             where "append" adds pads: after the tokens, or before them for ``padding="left"``).
-        time_dim, batch_dim: the names of the time and batch dimensions in the placeholders' dims.
+        time_dim: the name of the time dimension in the placeholders' dims.
+        batch_dim: the name of the batch dimension in the placeholders' dims.
         ks: numbers of added pad positions ("append").
         modes: any of ``"alone"``, ``"append"``, ``"fill"``.
         fills: fillers for float inputs at padded positions: ``"random"`` (N(0, 10)), ``"huge"`` (±1e4),
             ``"nan"``, ``"inf"`` (±inf) or a number (±number); "fill" runs once per filler, "append" uses
-            them in turn. ``fill`` (one filler) overrides ``fills``. Integer inputs get random ids from their
-            observed range, unless ``pad_values[name]`` is given.
-        atol, rtol: tolerances of every comparison.
+            them in turn. Integer inputs get random ids from their observed range, unless ``pad_values[name]``
+            is given.
+        fill: one filler; overrides ``fills``.
+        pad_values: fixed values for integer inputs at padded positions, by placeholder name.
+        atol: absolute tolerance of every comparison.
+        rtol: relative tolerance of every comparison.
+        seed: seed of the random fillers and ids.
+
+    Returns:
+        The :class:`PadReport`.
     """
     rng = np.random.default_rng(seed)
     pad_values = dict(pad_values or {})
@@ -351,11 +365,15 @@ def check_pad_invariance(
 def assert_pad_invariant(
     graph: Graph, feeds: Mapping[str, Any], outputs: Sequence[Var | Masked], **kwargs: Any
 ) -> PadReport:
-    """:func:`check_pad_invariance`, raising :class:`PadInvarianceError` (an ``AssertionError`` that names
-    the output, position and amount) if anything differs. Returns the report when all is well.
+    """Run :func:`check_pad_invariance`, raising :class:`PadInvarianceError` if anything differs.
+
+    The error is an ``AssertionError`` that names the output, position and amount. Returns the report when all is well.
 
     Args:
-        graph, feeds, outputs: as for :func:`check_pad_invariance`; ``kwargs`` are its keyword options.
+        graph: as for :func:`check_pad_invariance`.
+        feeds: as for :func:`check_pad_invariance`.
+        outputs: as for :func:`check_pad_invariance`.
+        **kwargs: its keyword options.
 
     Returns:
         The :class:`PadReport` (``.max_drift()`` tells how close the comparisons came).

@@ -184,15 +184,18 @@ class Callback:
     """
 
     def on_step_end(self, step: int, logs: dict[str, float]) -> bool | None:
+        """Called after every training step; return True to stop."""
         return None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool | None:
+        """Called after every epoch; return True to stop."""
         return None
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` (an epoch log key, e.g. ``"loss"`` or ``"val_loss"``) has not improved by more
-    than ``min_delta`` for ``patience`` epochs.
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    ``monitor`` is an epoch log key, e.g. ``"loss"`` or ``"val_loss"``.
 
     >>> es = EarlyStopping(patience=2)
     >>> [es.on_epoch_end(e, {"loss": v}) for e, v in enumerate([3.0, 2.0, 2.5, 2.1, 1.0])]
@@ -210,6 +213,7 @@ class EarlyStopping(Callback):
         self.wait = 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+        """Track ``monitor``; True once it has not improved for ``patience`` epochs."""
         if self.monitor not in logs:
             raise KeyError(f"EarlyStopping monitors {self.monitor!r}, not in the epoch logs {sorted(logs)}")
         value = float(logs[self.monitor])
@@ -223,9 +227,12 @@ class EarlyStopping(Callback):
 
 @dataclass
 class History:
-    """What :meth:`Trainer.fit` measured. Losses are real values of the loss variable, one per step, each at
-    the weights before that step's update; an epoch's loss is the weighted mean of its steps: by counted
-    positions for a masked loss (the epoch's loss over all its counted tokens), else by rows."""
+    """What :meth:`Trainer.fit` measured.
+
+    Losses are real values of the loss variable, one per step, each at the weights before that step's update; an epoch's
+    loss is the weighted mean of its steps: by counted positions for a masked loss (the epoch's loss over all its
+    counted tokens), else by rows.
+    """
 
     step_losses: list[float] = field(default_factory=list)
     step_samples: list[int] = field(default_factory=list)
@@ -237,15 +244,18 @@ class History:
 
     @property
     def steps(self) -> int:
+        """Number of training steps recorded."""
         return len(self.step_losses)
 
     @property
     def samples_per_sec(self) -> float:
+        """Rows trained per second of epoch time (NaN before any epoch)."""
         t = sum(self.epoch_times)
         return sum(self.step_samples) / t if t > 0 else float("nan")
 
     @property
     def steps_per_sec(self) -> float:
+        """Training steps per second of epoch time (NaN before any epoch)."""
         t = sum(self.epoch_times)
         return self.steps / t if t > 0 else float("nan")
 
@@ -378,8 +388,10 @@ class Trainer:
 
     @classmethod
     def restore(cls, graph: Graph, schedule: Callable[[int], float] | None = None) -> Trainer:
-        """A Trainer for a graph from :func:`load`, with the saved configuration, step count and (if saved)
-        updater state, so training continues where it stopped."""
+        """A Trainer for a graph from :func:`load`, so training continues where it stopped.
+
+        It gets the saved configuration, step count and (if saved) updater state.
+        """
         cfg = graph.meta.get(TRAINER_KEY)
         if cfg is None:
             raise ValueError("this graph carries no trainer configuration (saved before any Trainer was made)")
@@ -395,6 +407,7 @@ class Trainer:
 
     @property
     def learning_rate(self) -> float:
+        """The updater's current learning rate (read from the JVM)."""
         with _jvm.java_errors():
             return float(_training().learningRate(self.graph.sd))
 
@@ -456,9 +469,11 @@ class Trainer:
         return loss, flat, weight
 
     def apply_gradients(self, flat: np.ndarray, on_nonfinite: str = "raise") -> bool:
-        """Phase two of :meth:`step`: apply a flat gradient (e.g. averaged over workers) with this Trainer's
-        updater, regularisation and iteration count, exactly as :meth:`step` does. Returns True if applied;
-        a non-finite gradient is not applied (``on_nonfinite="raise"`` raises :class:`TrainingError`)."""
+        """Phase two of :meth:`step`: apply a flat gradient (e.g. averaged over workers).
+
+        Applied with this Trainer's updater, regularisation and iteration count, exactly as :meth:`step` does. Returns
+        True if applied; a non-finite gradient is not applied (``on_nonfinite="raise"`` raises :class:`TrainingError`).
+        """
         flat = np.ascontiguousarray(flat, dtype=self.graph.dtype)
         if flat.shape != (self.flat_size,):
             raise ValueError(
@@ -481,8 +496,10 @@ class Trainer:
         return False
 
     def _follow_schedule(self, step: int | None = None) -> None:
-        """Set the scheduled learning rate for ``step`` (default: the current iteration, asked of the JVM only
-        when there is a schedule)."""
+        """Set the scheduled learning rate for ``step``.
+
+        ``step`` defaults to the current iteration, asked of the JVM only when there is a schedule.
+        """
         if self.schedule is not None:
             lr = float(self.schedule(self.iterations if step is None else step))
             if lr != self._lr:
@@ -525,16 +542,18 @@ class Trainer:
         validation_metrics: Mapping[str, Any] | None = None,
         on_nonfinite: str = "raise",
     ) -> History:
-        """Train for ``epochs`` over ``data``: a dict of arrays batched along axis 0 (``batch_size``,
-        ``shuffle`` with ``seed``), any re-iterable of feed dicts (list of batches), or a callable
-        ``epoch -> iterable of feed dicts``. Dropout masks are drawn from ``seed`` too. ``validation`` (same
-        forms) is evaluated after each epoch into ``val_loss`` / ``val_<metric>``. ``progress``: None = a
-        tqdm bar only on a terminal.
+        """Train for ``epochs`` over ``data``.
+
+        A dict of arrays batched along axis 0 (``batch_size``, ``shuffle`` with ``seed``), any re-iterable of feed dicts
+        (list of batches), or a callable ``epoch -> iterable of feed dicts``. Dropout masks are drawn from ``seed`` too.
+        ``validation`` (same forms) is evaluated after each epoch into ``val_loss`` / ``val_<metric>``. ``progress``:
+        None = a tqdm bar only on a terminal.
 
         A step whose loss or gradients are not finite is not applied; ``on_nonfinite="raise"`` (default)
         stops with :class:`TrainingError` naming the step, ``"skip"`` goes on with the next batch (the step
         is not counted in the epoch loss). Ctrl-C raises ``KeyboardInterrupt`` between steps: the model is
-        then exactly as after its last completed step (:attr:`iterations` tells how many)."""
+        then exactly as after its last completed step (:attr:`iterations` tells how many).
+        """
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         rng = np.random.default_rng(seed)
@@ -616,8 +635,10 @@ class Trainer:
         return evaluate(self.graph, data, outputs, batch_size, progress)
 
     def predict(self, data: Data, outputs: Any, batch_size: int | None = None, progress: bool | None = None) -> Any:
-        """``outputs`` (Var, name, list or dict of them) for ``data`` with dropout off, batch results
-        concatenated along axis 0."""
+        """Compute ``outputs`` for ``data`` with dropout off.
+
+        ``outputs`` is a Var, a name, or a list or dict of them; batch results are concatenated along axis 0.
+        """
         return predict(self.graph, data, outputs, batch_size, progress)
 
 
@@ -627,7 +648,8 @@ def evaluate(
     """See :meth:`Trainer.evaluate` (``metrics`` must name every output, the loss included).
 
     Batches are combined exactly: a masked loss or metric (a mean over counted positions) by its count, a
-    ``(numerator, denominator)`` pair by summing both, any other scalar by the batch's rows."""
+    ``(numerator, denominator)`` pair by summing both, any other scalar by the batch's rows.
+    """
     flat: list[Var] = []
     plan: list[tuple[str, str, int, int]] = []  # (key, how, value index, weight index)
     counts = graph.meta.get("mean_over", {})

@@ -41,10 +41,11 @@ BIG = 1e9  # DL4J's additive key-mask offset, reproduced by the unfused formulat
 
 @dataclass
 class AttentionParams:
-    """Weights of multi-head attention in DL4J's layout: ``wq/wk/wv [heads, head_size, d_in]``,
-    ``wo [heads * head_size, d_out]``, and optional biases ``bq/bk/bv [heads, head_size]`` (added to each
-    head's projection) and ``bo [d_out]`` (added to the output). A plain object: build it with :meth:`create`
-    or from your own Vars (e.g. a loaded checkpoint).
+    """Weights of multi-head attention in DL4J's layout.
+
+    ``wq/wk/wv [heads, head_size, d_in]``, ``wo [heads * head_size, d_out]``, and optional biases
+    ``bq/bk/bv [heads, head_size]`` (added to each head's projection) and ``bo [d_out]`` (added to the output). A
+    plain object: build it with :meth:`create` or from your own Vars (e.g. a loaded checkpoint).
 
     With biases, head ``h`` computes ``q_h = x @ wq[h].T + bq[h]`` (likewise ``k_h``, ``v_h``) and the output
     is ``concat_h(attn_h) @ wo + bo``: a Hugging Face ``nn.Linear`` ``[out, in]`` weight ``W`` of ``heads *
@@ -91,18 +92,25 @@ class AttentionParams:
 
     @property
     def heads(self) -> int:
+        """Number of heads (``wq.shape[0]``)."""
         return int(self.wq.shape[0])
 
     @property
     def head_size(self) -> int:
+        """Size of each head's projection (``wq.shape[1]``)."""
         return int(self.wq.shape[1])
 
     @property
     def has_input_biases(self) -> bool:
+        """True if any of ``bq``, ``bk``, ``bv`` is set."""
         return any(b is not None for b in (self.bq, self.bk, self.bv))
 
     def variables(self) -> list[Var]:
-        """Every Var of these parameters (weights, then the biases that are set)."""
+        """Every Var of these parameters.
+
+        Returns:
+            The weights ``wq, wk, wv, wo``, then the biases that are set.
+        """
         return [v for v in (self.wq, self.wk, self.wv, self.wo, self.bq, self.bk, self.bv, self.bo) if v is not None]
 
     @classmethod
@@ -117,8 +125,20 @@ class AttentionParams:
         *,
         biases: bool = False,
     ) -> AttentionParams:
-        """Glorot-uniform weights for ``heads`` heads of ``head_size`` (default ``d_in // heads``); with
-        ``biases``, zero ``bq, bk, bv, bo`` too."""
+        """Glorot-uniform weights for ``heads`` heads of ``head_size``; with ``biases``, zero ``bq, bk, bv, bo`` too.
+
+        Args:
+            graph: the graph to create the variables in.
+            name: scope of the variables (``<name>/wq`` ...).
+            d_in: input features.
+            heads: number of heads.
+            head_size: size of each head (default ``d_in // heads``; ``d_in`` must then divide evenly).
+            d_out: output features (default ``d_in``).
+            biases: also create zero biases.
+
+        Returns:
+            The :class:`AttentionParams`.
+        """
         if head_size is None and d_in % heads:
             raise ValueError(f"d_in={d_in} is not divisible by heads={heads}: pass head_size explicitly")
         hs = head_size or d_in // heads
@@ -135,8 +155,10 @@ class AttentionParams:
 
 
 def _with_bias_column(g: Graph, w: Var, b: Var | None, name: str) -> Var:
-    """``[heads, hs, d_in] -> [heads, hs, d_in + 1]``: the bias (or zeros) as the weight of one extra input
-    feature, so that a projection of ``[x, 1]`` is ``x @ w.T + b`` exactly (the fused op has no biases)."""
+    """``[heads, hs, d_in] -> [heads, hs, d_in + 1]``: the bias (or zeros) as the weight of one extra input feature.
+
+    A projection of ``[x, 1]`` is then ``x @ w.T + b`` exactly (the fused op has no biases).
+    """
     col = ops.expand_dims(b, -1) if b is not None else g.constant(None, np.zeros((w.shape[0], w.shape[1], 1)), w.dtype)
     return ops.concat([w, col], 2, name=name)
 
@@ -177,6 +199,13 @@ def multi_head_attention(
         causal: self-attention where query ``i`` sees only the valid keys ``j <= i`` (decoders); computed by
             :func:`samediff_py.masked.causal.causal_attention` from plain ops (M2.1's fused op takes no
             per-query mask); right or left padding. Not with a separate ``context``.
+        name: optional name of the output node.
+        impl: ``"fused"`` (DL4J's ``multiHeadDotProductAttention``; the table in this module's docstring maps
+            its axes; its key mask is applied as ``(mask - 1) * 1e9`` before the softmax) or ``"batched"`` (one
+            projection per Q/K/V, heads as a batch axis ``[batch, heads, time, head_size]``, batched matmuls,
+            the same additive key mask, biases added after each projection; its weights output has a
+            gradient). Both compute the same function (tests cross-check them); the default (``None``) is
+            :data:`DEFAULT_IMPL`, the one measured faster for forward + backward.
 
     Returns:
         Masked ``[batch, Tq, d_out]`` (and the weights). ``weights[b, h, i, j]`` is how much query ``i``
@@ -184,13 +213,6 @@ def multi_head_attention(
         0 weight. Outputs (and weight rows) at padded queries are 0; a query row with no valid key gives 0
         (not DL4J's uniform average). Padded positions of query and context are selected away first, so the
         result does not depend on what they hold (NaN, inf, 1e30 included).
-
-    ``impl``: ``"fused"`` (DL4J's ``multiHeadDotProductAttention``; the table in this module's docstring maps
-    its axes; its key mask is applied as ``(mask - 1) * 1e9`` before the softmax) or ``"batched"`` (one
-    projection per Q/K/V, heads as a batch axis ``[batch, heads, time, head_size]``, batched matmuls, the
-    same additive key mask, biases added after each projection; its weights output has a gradient). Both
-    compute the same function (tests cross-check them); the default (``None``) is :data:`DEFAULT_IMPL`, the
-    one measured faster for forward + backward.
     """
     if causal:
         if context is not None and context is not query:
@@ -264,8 +286,10 @@ def multi_head_attention(
 
 
 def _project_heads(x: Var, w: Var, b: Var | None, heads: int, hs: int) -> Var:
-    """``[B, T, d] -> [B, heads, T, hs]`` with ``w [heads, hs, d]`` (DL4J's layout) as ONE ``[d, heads*hs]``
-    projection (plus the optional bias ``[heads, hs]``)."""
+    """``[B, T, d] -> [B, heads, T, hs]`` with ``w [heads, hs, d]`` (DL4J's layout) as ONE projection.
+
+    The projection is ``[d, heads*hs]`` (plus the optional bias ``[heads, hs]``).
+    """
     d = int(w.shape[2])
     y = ops.matmul(x, ops.transpose(ops.reshape(w, [heads * hs, d])))  # [B, T, heads*hs]
     if b is not None:
@@ -310,8 +334,19 @@ def unfused_attention_core(
     """Attention as a chain of plain ops, with DL4J's KEY-FIRST score layout ``[B, H, Tk, Tq]``.
 
     ``softmax_axis=2`` (keys) is correct; ``3`` normalises over queries, the mistake the DL4J user's axis
-    question invites. Returns (``[B, Tq, d_out]`` output, ``[B, H, Tk, Tq]`` weights). Used as the
-    unfused reference in benchmarks and by :mod:`samediff_py.mistakes`; prefer :func:`multi_head_attention`.
+    question invites. Used as the unfused reference in benchmarks and by :mod:`samediff_py.mistakes`; prefer
+    :func:`multi_head_attention`.
+
+    Args:
+        q: ``[B, Tq, d_in]`` queries (padding already zeroed).
+        kv: ``[B, Tk, d_in]`` keys/values (padding already zeroed).
+        key_mask: optional ``[B, Tk]`` float key mask (1 = valid), applied as ``(mask - 1) * 1e9``.
+        p: the :class:`AttentionParams`.
+        softmax_axis: axis of the ``[B, H, Tk, Tq]`` scores the softmax runs over.
+        scaled: divide scores by ``sqrt(head_size)``.
+
+    Returns:
+        (``[B, Tq, d_out]`` output, ``[B, H, Tk, Tq]`` weights); nothing is zeroed at padded queries.
     """
     heads, hs = p.heads, int(p.wq.shape[1])
 
@@ -336,8 +371,18 @@ def unfused_attention_core(
 
 
 def multi_head_attention_unfused(query: Masked, params: AttentionParams, context: Masked | None = None) -> Masked:
-    """Same definition as :func:`multi_head_attention`, built from plain ops (for benchmarks and as an
-    independent cross-check of the fused op)."""
+    """Same definition as :func:`multi_head_attention`, built from plain ops.
+
+    For benchmarks and as an independent cross-check of the fused op.
+
+    Args:
+        query: Masked ``[batch, Tq, d_in]``.
+        params: the :class:`AttentionParams`.
+        context: Masked ``[batch, Tk, d_in]`` keys/values (default ``query``).
+
+    Returns:
+        Masked ``[batch, Tq, d_out]``; 0 at padded queries and at queries with no valid key.
+    """
     query = require_masked(query, "multi_head_attention_unfused")
     context = query if context is None else require_masked(context, "multi_head_attention_unfused (context)")
     kv = query.zeroed() if context is query else context.zeroed()

@@ -45,6 +45,12 @@ def causal_allowed(mask: Var) -> Var:
     """``[batch, Tq, Tk]`` float, 1 where query ``i`` may attend to key ``j``: ``j <= i`` and key ``j`` valid.
 
     Built at run time from the mask (any time length); nothing on it needs a gradient.
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+
+    Returns:
+        ``[batch, time, time]`` Var of the mask's dtype.
     """
     ones = ops.add(ops.zeros_like(mask), 1.0)
     index = ops.cumsum(ones, 1)  # [B, T]: 1, 2, ..., T

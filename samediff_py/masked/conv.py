@@ -64,7 +64,8 @@ def conv1d(
 
     Args:
         x: Masked ``[batch, time, in]``.
-        w: ``[k, in, out]`` kernel; ``b``: optional ``[out]`` bias.
+        w: ``[k, in, out]`` kernel of known shape.
+        b: optional ``[out]`` bias.
         dilation: spacing between kernel taps (>= 1).
         padding: ``"same"`` (centred window) or ``"causal"`` (only past and present steps).
         activation: optional elementwise (or per-row) function, applied to the ``[positions, out]`` rows

@@ -47,7 +47,16 @@ __all__ = ["CountedRows", "counted_rows"]
 
 
 def counted_positions(mask: Var, labels: Var, ignore_label: int) -> Var:
-    """1 where a position counts: mask 1 and label != ignore_label; float ``[batch, time]``."""
+    """1 where a position counts: mask 1 and label != ignore_label.
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+        labels: ``[batch, time]`` integer labels.
+        ignore_label: the label of positions that do not count.
+
+    Returns:
+        ``[batch, time]`` Var of the mask's dtype.
+    """
     not_ignored = ops.cast(ops.not_equal(labels, ignore_label), mask.dtype)
     return ops.multiply(mask, not_ignored)
 
@@ -76,14 +85,23 @@ class CountedRows:
 
     @property
     def graph(self):
+        """The graph the rows belong to."""
         return self.rows.graph
 
     @property
     def dtype(self):
+        """The rows' dtype."""
         return self.rows.dtype
 
     def map(self, fn: Callable[[Var], Var]) -> CountedRows:
-        """Apply a per-row function (e.g. the vocabulary projection) and keep labels and weights."""
+        """Apply a per-row function (e.g. the vocabulary projection) and keep labels and weights.
+
+        Args:
+            fn: ``[n + 1, ...] -> [n + 1, ...]`` function of Vars; must not change the number of rows.
+
+        Returns:
+            :class:`CountedRows` with ``fn``'s result as ``rows``.
+        """
         out = fn(self.rows)
         if not isinstance(out, Var) or out.rank < 1:
             raise MaskError("CountedRows.map(fn): fn must return an [n, ...] Var")
@@ -102,8 +120,9 @@ def counted_rows(x: Masked, labels: Var, ignore_label: int = -1, name: str | Non
     """Gather the positions of ``x`` that count (mask 1 and label != ``ignore_label``) into rows.
 
     Args:
-        x: Masked ``[batch, time, ...]`` (e.g. an encoder's hidden states).
-        labels: ``[batch, time]`` integer labels; ``ignore_label`` marks positions that do not count.
+        x: Masked ``[batch, time, ...]`` (e.g. an encoder's hidden states); feature sizes known when building.
+        labels: ``[batch, time]`` integer labels.
+        ignore_label: the label of positions that do not count.
         name: scope of the ops built here (default ``counted_rows``).
 
     Returns:

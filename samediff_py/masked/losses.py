@@ -29,8 +29,11 @@ Logits = Masked | CountedRows
 
 
 class _Flat:
-    """What every loss/metric needs, whichever form the logits came in: ``z [..., classes]`` (padding
-    selected away), ``labels [...]`` (a valid class id everywhere), ``counted [...]`` (1 = counts)."""
+    """What every loss/metric needs, whichever form the logits came in.
+
+    ``z [..., classes]`` (padding selected away), ``labels [...]`` (a valid class id everywhere), ``counted [...]``
+    (1 = counts).
+    """
 
     def __init__(self, z: Var, labels: Var, counted: Var, mask: Var, source_labels: Var, ignore: int):
         self.z, self.labels, self.counted = z, labels, counted
@@ -42,9 +45,11 @@ class _Flat:
 
 
 def _safe_labels(labels: Var, keep: Var, classes: int) -> Var:
-    """``labels`` where ``keep`` and in ``[0, classes)``, else 0: libnd4j's sparse ops read out of bounds for
-    other values. Placeholder labels at counted positions are checked at feed time (a FeedError); this only
-    guards the positions that do not count and labels computed in the graph."""
+    """``labels`` where ``keep`` and in ``[0, classes)``, else 0.
+
+    libnd4j's sparse ops read out of bounds for other values. Placeholder labels at counted positions are checked
+    at feed time (a FeedError); this only guards the positions that do not count and labels computed in the graph.
+    """
     in_range = ops.multiply(
         ops.cast(ops.greater_equal(labels, 0), keep.dtype), ops.cast(ops.less(labels, classes), keep.dtype)
     )
@@ -89,15 +94,20 @@ def _prepare(logits: Logits, labels: Var | None, ignore_label: int | None, what:
 
 
 def _declare_weight(out: Var, count: Var) -> None:
-    """Record that ``out`` is a mean over ``count`` positions: batches are then combined by count (an epoch's
-    loss, evaluate) instead of by rows, which over-weights short batches."""
+    """Record that ``out`` is a mean over ``count`` positions.
+
+    Batches are then combined by count (an epoch's loss, evaluate) instead of by rows, which over-weights short
+    batches.
+    """
     out.graph.meta.setdefault("mean_over", {})[out.name] = count.name
 
 
 def _declare_label_range(out: Var, f: _Flat) -> Var:
-    """A label outside [0, classes) at a counted position has no logit: refuse it at feed time rather than
-    count it with a made-up value. Declared for ``out``: enforced whenever it is computed (with this op's own
-    ignore label)."""
+    """Refuse, at feed time, a label outside [0, classes) at a counted position.
+
+    Such a label has no logit: refusing it beats counting it with a made-up value. Declared for ``out``: enforced
+    whenever it is computed (with this op's own ignore label).
+    """
     if f.source_labels.kind == "placeholder":
         out.graph.add_check(
             "labels",
@@ -111,8 +121,10 @@ def _declare_label_range(out: Var, f: _Flat) -> Var:
 
 
 def _sum_over_counted(per_position: Var, counted: Var) -> tuple[Var, Var]:
-    """(``sum(per_position where counted)``, ``#counted`` named ``count``): a SELECT, so whatever the uncounted
-    positions hold never reaches the value (and their gradient is exactly 0)."""
+    """(``sum(per_position where counted)``, ``#counted`` named ``count``).
+
+    A SELECT, so whatever the uncounted positions hold never reaches the value (and their gradient is exactly 0).
+    """
     kept = ops.where(ops.greater(counted, 0.5), per_position, ops.zeros_like(per_position), same_shape=True)
     return ops.sum(kept), ops.sum(counted, name="count")
 
@@ -133,6 +145,7 @@ def softmax_cross_entropy(
             selected with).
         ignore_label: marks positions that do not count (default -1; with counted rows, the one they were
             selected with).
+        name: optional name of the output node.
         fused: deprecated, ignored (same result either way). It selected libnd4j's one-hot loss op, which
             ignores upstream gradients; the sparse op used now is faster and composes like any value.
 
@@ -175,8 +188,17 @@ def accuracy(
 ) -> Var:
     """Fraction of counted positions (mask 1, label != ignore) whose arg-max class equals the label.
 
-    Padding never earns credit; 0 when nothing counts. Takes the same logits forms as
-    :func:`softmax_cross_entropy`."""
+    Padding never earns credit. Takes the same logits forms as :func:`softmax_cross_entropy`.
+
+    Args:
+        logits: Masked ``[batch, time, classes]`` or :class:`CountedRows` ``[rows, classes]``.
+        labels: ``[batch, time]`` integer class ids (optional with counted rows).
+        ignore_label: marks positions that do not count (default -1).
+        name: optional name of the output node.
+
+    Returns:
+        A scalar Var in ``[0, 1]``; 0 when nothing counts.
+    """
     return top_k_accuracy(logits, labels, 1, ignore_label, name)
 
 
@@ -186,8 +208,19 @@ def top_k_accuracy(
     """Fraction of counted positions whose label is among the ``k`` highest logits.
 
     Ties rank by class index (numpy's argmax order), so constant logits earn credit only for the first ``k``
-    classes, not for every label. 0 when nothing counts. Takes the same logits forms as
-    :func:`softmax_cross_entropy`; the label's logit is gathered (no one-hot)."""
+    classes, not for every label. Takes the same logits forms as :func:`softmax_cross_entropy`; the label's logit
+    is gathered (no one-hot).
+
+    Args:
+        logits: Masked ``[batch, time, classes]`` or :class:`CountedRows` ``[rows, classes]``.
+        labels: ``[batch, time]`` integer class ids (optional with counted rows).
+        k: how many top classes earn credit.
+        ignore_label: marks positions that do not count (default -1).
+        name: optional name of the output node.
+
+    Returns:
+        A scalar Var in ``[0, 1]``; 0 when nothing counts.
+    """
     f = _prepare(logits, labels, ignore_label, "top_k_accuracy")
     g = f.z.graph
     dt = f.z.dtype

@@ -20,12 +20,18 @@ __all__ = ["position_ids"]
 
 
 def position_ids(mask: Var, name: str | None = None) -> Var:
-    """``[batch, time]`` int32: each valid step's index among the VALID steps of its row (``cumsum(mask) - 1``),
-    0 at padded steps; the graph twin of :func:`samediff_py.padding.positions_from_mask`.
+    """Each valid step's index among the VALID steps of its row (``cumsum(mask) - 1``), 0 at padded steps.
 
-    With right padding these are the absolute positions ``0, 1, ...``; with left padding a row's first valid
-    token gets 0, as it would unpadded. Integer ids (for a ``gather`` from a position table): nothing flows
-    back through them.
+    The graph twin of :func:`samediff_py.padding.positions_from_mask`. With right padding these are the absolute
+    positions ``0, 1, ...``; with left padding a row's first valid token gets 0, as it would unpadded. Integer ids
+    (for a ``gather`` from a position table): nothing flows back through them.
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+        name: optional name of the output node.
+
+    Returns:
+        ``[batch, time]`` int32 Var.
     """
     count = ops.cumsum(mask, 1)
     pos = ops.where(ops.greater(mask, 0.5), ops.subtract(count, 1.0), ops.zeros_like(count), same_shape=True)

@@ -94,8 +94,11 @@ def _glorot(graph: Graph, name: str, shape: tuple[int, ...], fan_in: int, fan_ou
 
 @dataclass
 class LSTMParams:
-    """LSTM weights in libnd4j's layout (gate order i, f, g, o): ``wx [d_in, 4n]``, ``wr [n, 4n]``, ``b [4n]``
-    or ``None``; bidirectional: ``[2, ...]`` each (0 = forward, 1 = backward)."""
+    """LSTM weights in libnd4j's layout (gate order i, f, g, o).
+
+    ``wx [d_in, 4n]``, ``wr [n, 4n]``, ``b [4n]`` or ``None``; bidirectional: ``[2, ...]`` each (0 = forward,
+    1 = backward).
+    """
 
     wx: Var
     wr: Var
@@ -103,21 +106,36 @@ class LSTMParams:
 
     @property
     def bidirectional(self) -> bool:
+        """True if the weights have a leading direction axis of 2."""
         return self.wx.rank == 3
 
     @property
     def hidden(self) -> int:
+        """The hidden size ``n``."""
         return int(self.wr.shape[-2])
 
     @property
     def d_in(self) -> int:
+        """The input features ``d_in``."""
         return int(self.wx.shape[-2])
 
     @classmethod
     def create(
         cls, graph: Graph, name: str, d_in: int, hidden: int, *, bidirectional: bool = False, bias: bool = True
     ) -> LSTMParams:
-        """Glorot-uniform weights, zero bias except 1 on the forget gate."""
+        """Glorot-uniform weights, zero bias except 1 on the forget gate.
+
+        Args:
+            graph: the graph to create the variables in.
+            name: scope of the variables (``<name>/wx`` ...).
+            d_in: input features.
+            hidden: hidden size ``n``.
+            bidirectional: a leading axis of 2 on every weight.
+            bias: create ``b``.
+
+        Returns:
+            The :class:`LSTMParams`.
+        """
         lead = (2,) if bidirectional else ()
         with graph.scope(name):
             wx = _glorot(graph, "wx", (*lead, d_in, 4 * hidden), d_in, hidden)
@@ -130,6 +148,7 @@ class LSTMParams:
         return cls(wx, wr, b)
 
     def check(self) -> None:
+        """Raise ValueError unless every weight has the shape its layout needs."""
         n, lead = self.hidden, (2,) if self.bidirectional else ()
         want = {"wx": (*lead, self.d_in, 4 * n), "wr": (*lead, n, 4 * n), "b": (*lead, 4 * n)}
         for k, shape in want.items():
@@ -140,9 +159,11 @@ class LSTMParams:
 
 @dataclass
 class GRUParams:
-    """GRU weights (gate order r, u, c; reset after the recurrent matmul): ``wx [d_in, 3n]``, ``wh [n, 3n]``,
-    ``b [3n]`` or ``None``, ``bh [n]`` (recurrent bias of the candidate) or ``None``; bidirectional:
-    ``[2, ...]`` each (0 = forward, 1 = backward)."""
+    """GRU weights (gate order r, u, c; reset after the recurrent matmul).
+
+    ``wx [d_in, 3n]``, ``wh [n, 3n]``, ``b [3n]`` or ``None``, ``bh [n]`` (recurrent bias of the candidate) or
+    ``None``; bidirectional: ``[2, ...]`` each (0 = forward, 1 = backward).
+    """
 
     wx: Var
     wh: Var
@@ -151,21 +172,36 @@ class GRUParams:
 
     @property
     def bidirectional(self) -> bool:
+        """True if the weights have a leading direction axis of 2."""
         return self.wx.rank == 3
 
     @property
     def hidden(self) -> int:
+        """The hidden size ``n``."""
         return int(self.wh.shape[-2])
 
     @property
     def d_in(self) -> int:
+        """The input features ``d_in``."""
         return int(self.wx.shape[-2])
 
     @classmethod
     def create(
         cls, graph: Graph, name: str, d_in: int, hidden: int, *, bidirectional: bool = False, bias: bool = True
     ) -> GRUParams:
-        """Glorot-uniform weights, zero biases."""
+        """Glorot-uniform weights, zero biases.
+
+        Args:
+            graph: the graph to create the variables in.
+            name: scope of the variables (``<name>/wx`` ...).
+            d_in: input features.
+            hidden: hidden size ``n``.
+            bidirectional: a leading axis of 2 on every weight.
+            bias: create ``b`` and ``bh``.
+
+        Returns:
+            The :class:`GRUParams`.
+        """
         lead = (2,) if bidirectional else ()
         with graph.scope(name):
             wx = _glorot(graph, "wx", (*lead, d_in, 3 * hidden), d_in, hidden)
@@ -175,6 +211,7 @@ class GRUParams:
         return cls(wx, wh, b, bh)
 
     def check(self) -> None:
+        """Raise ValueError unless every weight has the shape its layout needs."""
         n, lead = self.hidden, (2,) if self.bidirectional else ()
         want = {"wx": (*lead, self.d_in, 3 * n), "wh": (*lead, n, 3 * n), "b": (*lead, 3 * n), "bh": (*lead, n)}
         for k, shape in want.items():
@@ -196,18 +233,43 @@ def _check_input(x: Masked, d_in: int, what: str) -> Masked:
 
 
 def lengths_from_mask(mask: Var, name: str | None = None) -> Var:
-    """``[batch]`` int32 number of valid steps per row: ``sum(mask, 1)``."""
+    """Number of valid steps per row: ``sum(mask, 1)``.
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+        name: optional name of the output node.
+
+    Returns:
+        ``[batch]`` int32 Var.
+    """
     return ops.cast(ops.sum(mask, 1), np.int32, name=name)
 
 
 def reverse_time(x: Var, name: str | None = None) -> Var:
-    """``x[:, ::-1]``: the time axis (1) reversed."""
+    """``x[:, ::-1]``: the time axis (1) reversed.
+
+    Args:
+        x: ``[batch, time, ...]`` Var.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     g = x.graph
     return g.op("reverse", name, lambda n: _recurrent().reverse(g.sd, n, x.j, 1), x.shape, x.dtype, (x,))
 
 
 def reverse_valid(x: Var, lengths: Var, name: str | None = None) -> Var:
-    """Each row's first ``lengths[b]`` steps reversed along time, the rest kept (``reverseSequence``)."""
+    """Each row's first ``lengths[b]`` steps reversed along time, the rest kept (``reverseSequence``).
+
+    Args:
+        x: ``[batch, time, ...]`` Var.
+        lengths: ``[batch]`` int32 lengths.
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``x``'s shape and dtype.
+    """
     g = x.graph
     return g.op(
         "reverse_sequence",
@@ -242,8 +304,10 @@ SATURATE = 1e4  # added to the forget gate's and subtracted from the input gate'
 
 
 def _pad_gate_rows(params: LSTMParams, g: Graph) -> Var:
-    """``[1, 4n]`` (``[2, 1, 4n]`` bidirectional) constant rows for the pad-indicator input feature:
-    ``-SATURATE`` on the input gate, ``+SATURATE`` on the forget gate, 0 elsewhere."""
+    """Constant rows for the pad-indicator input feature: ``[1, 4n]`` (``[2, 1, 4n]`` bidirectional).
+
+    ``-SATURATE`` on the input gate, ``+SATURATE`` on the forget gate, 0 elsewhere.
+    """
     n = params.hidden
     row = np.zeros(4 * n)
     row[:n], row[n : 2 * n] = -SATURATE, SATURATE
@@ -252,10 +316,12 @@ def _pad_gate_rows(params: LSTMParams, g: Graph) -> Var:
 
 
 def _edge_weights(mask: Var, last: bool) -> Var:
-    """``[batch, time, 1]``: 1 at each row's last (``last``) or first valid step, else 0 (contiguous masks):
-    where the running count of valid steps equals the row's count (last) or 1 (first). Not from shifted slices
+    """``[batch, time, 1]``: 1 at each row's last (``last``) or first valid step, else 0 (contiguous masks).
+
+    Where the running count of valid steps equals the row's count (last) or 1 (first). Not from shifted slices
     of the mask (``mask[:, 1:]``): for a sequence of length 1 that slice is empty, and M2.1's strided slice to an
-    empty result is undefined (measured: a wrong shape, "Unknown exception", or a JVM crash)."""
+    empty result is undefined (measured: a wrong shape, "Unknown exception", or a JVM crash).
+    """
     count = ops.cumsum(mask, 1)
     target = ops.sum(mask, 1, keepdims=True) if last else 1.0
     at = ops.cast(ops.equal(count, ops.add(ops.zeros_like(count), target)), mask.dtype)

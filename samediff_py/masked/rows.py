@@ -40,7 +40,14 @@ def _seq():
 
 
 def row_index(mask: Var) -> Var:
-    """``[batch * time]`` int32: each valid position's own row, ``batch * time`` (the zero row) at padding."""
+    """Each valid position's own row, ``batch * time`` (the zero row) at padding; built once per mask.
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+
+    Returns:
+        ``[batch * time]`` int32 Var.
+    """
     idx = _INDEX.get(mask)
     if idx is None:
         g = mask.graph
@@ -50,7 +57,18 @@ def row_index(mask: Var) -> Var:
 
 
 def tap_index(mask: Var, k: int, dilation: int, left: int, right: int) -> Var:
-    """``[batch * time * k]`` int32: the rows a masked 1-d convolution reads (see ``Sequences.convTapIndex``)."""
+    """The rows a masked 1-d convolution reads (see ``Sequences.convTapIndex``); built once per mask and config.
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+        k: kernel width.
+        dilation: spacing between taps.
+        left: steps of window before each position.
+        right: steps of window after each position.
+
+    Returns:
+        ``[batch * time * k]`` int32 Var.
+    """
     cache = _TAPS.setdefault(mask, {})
     key = (int(k), int(dilation), int(left), int(right))
     if key not in cache:
@@ -62,7 +80,17 @@ def tap_index(mask: Var, k: int, dilation: int, left: int, right: int) -> Var:
 
 
 def gather_rows(flat: Var, index: Var, name: str | None = None, fill: float = 0.0) -> Var:
-    """``[rows of flat; a filler row][index]`` for ``flat [n, F]``: an index equal to ``n`` reads ``fill``."""
+    """``[rows of flat; a filler row][index]``: an index equal to ``n`` reads ``fill``.
+
+    Args:
+        flat: ``[n, F]`` Var.
+        index: ``[m]`` int32 row indices in ``[0, n]``.
+        name: optional name of the output node.
+        fill: the filler row's value.
+
+    Returns:
+        ``[m, F]`` Var of ``flat``'s dtype.
+    """
     g = flat.graph
     zero = g.constant(None, np.full((1, flat.shape[1]), fill, flat.dtype))
     return g.op(
@@ -76,7 +104,17 @@ def gather_rows(flat: Var, index: Var, name: str | None = None, fill: float = 0.
 
 
 def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = None) -> Var:
-    """``[batch * time, prod(rest)] -> [batch, time, *rest]`` (batch and time from the mask at run time)."""
+    """``[batch * time, prod(rest)] -> [batch, time, *rest]`` (batch and time from the mask at run time).
+
+    Args:
+        flat: ``[batch * time, prod(rest)]`` Var.
+        mask: ``[batch, time]`` mask giving the sizes.
+        rest: the trailing sizes.
+        name: optional name of the output node.
+
+    Returns:
+        ``[batch, time, *rest]`` Var of ``flat``'s dtype.
+    """
     g = flat.graph
     return g.op(
         "unflatten",
@@ -89,8 +127,17 @@ def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = No
 
 
 def flat_rows(value: Var, mask: Var) -> Var:
-    """``value [batch, time, F...]`` as ``[batch * time, prod(F)]`` rows (valid rows exact; a recorded flat
-    twin is reused, so layers that pass rows along add no reshape)."""
+    """``value [batch, time, F...]`` as ``[batch * time, prod(F)]`` rows.
+
+    Valid rows are exact; a recorded flat twin is reused, so layers that pass rows along add no reshape.
+
+    Args:
+        value: ``[batch, time, F...]`` Var.
+        mask: its ``[batch, time]`` mask.
+
+    Returns:
+        ``[batch * time, prod(F)]`` Var.
+    """
     hit = _FLAT.get(value)
     if hit is not None and hit[0]() is mask:
         return hit[1]
@@ -99,25 +146,59 @@ def flat_rows(value: Var, mask: Var) -> Var:
 
 
 def record_flat(value: Var, mask: Var, flat: Var) -> Var:
-    """Record that ``flat`` holds ``value``'s rows at ``mask``'s valid positions."""
+    """Record that ``flat`` holds ``value``'s rows at ``mask``'s valid positions.
+
+    Args:
+        value: ``[batch, time, F...]`` Var.
+        mask: its ``[batch, time]`` mask.
+        flat: ``[batch * time, prod(F)]`` Var with the same rows at valid positions.
+
+    Returns:
+        ``value``.
+    """
     _FLAT[value] = (weakref.ref(mask), flat)
     return value
 
 
 def mark_zero_padded(value: Var, mask: Var) -> Var:
-    """Record that ``value`` holds exact zeros at ``mask``'s padded positions (so zeroing it again is skipped)."""
+    """Record that ``value`` holds exact zeros at ``mask``'s padded positions (so zeroing it again is skipped).
+
+    Args:
+        value: ``[batch, time, ...]`` Var.
+        mask: its ``[batch, time]`` mask.
+
+    Returns:
+        ``value``.
+    """
     _ZERO[value] = weakref.ref(mask)
     return value
 
 
 def is_zero_padded(value: Var, mask: Var) -> bool:
+    """Whether ``value`` was recorded as holding exact zeros at ``mask``'s padded positions.
+
+    Args:
+        value: ``[batch, time, ...]`` Var.
+        mask: a ``[batch, time]`` mask.
+
+    Returns:
+        True if :func:`mark_zero_padded` recorded this pair.
+    """
     ref = _ZERO.get(value)
     return ref is not None and ref() is mask
 
 
 def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0) -> Var:
-    """``value`` with its padded positions (``mask == 0``) set to exactly ``fill``; ``value`` is
-    ``[batch, time, F...]`` with ``F...`` known when building, ``mask`` ``[batch, time]`` (0/1).
+    """``value`` with its padded positions (``mask == 0``) set to exactly ``fill``.
+
+    Args:
+        value: ``[batch, time, F...]`` Var with ``F...`` known when building.
+        mask: ``[batch, time]`` mask (0/1).
+        name: optional name of the output node.
+        fill: the value at padded positions.
+
+    Returns:
+        Var of ``value``'s shape and dtype.
 
     >>> import numpy as np
     >>> from samediff_py import Graph, masked
@@ -141,9 +222,19 @@ def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0)
 
 
 def zero_padding(value: Var, mask: Var, name: str | None = None) -> Var:
-    """``value`` with exact zeros at padded positions: ``value`` itself if it is already known to hold them
-    (and no ``name`` is asked for), else :func:`mask_rows` where the feature dims are known, else
-    :func:`~samediff_py.masked.value.select_valid`."""
+    """``value`` with exact zeros at padded positions.
+
+    ``value`` itself if it is already known to hold them (and no ``name`` is asked for), else :func:`mask_rows`
+    where the feature dims are known, else :func:`~samediff_py.masked.value.select_valid`.
+
+    Args:
+        value: ``[batch, time, ...]`` Var.
+        mask: ``[batch, time]`` mask (0/1).
+        name: optional name of the output node.
+
+    Returns:
+        Var of ``value``'s shape and dtype.
+    """
     if name is None and is_zero_padded(value, mask):
         return value
     if value.rank >= 2 and None not in value.shape[2:]:

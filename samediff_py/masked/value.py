@@ -66,6 +66,18 @@ def mask_placeholder(
     ``"left"`` or ``"any"``), and, with ``tokens`` (the token placeholder this mask describes) and
     ``pad_id``, no pad token marked valid. The contract is saved with the model.
 
+    Args:
+        graph: the graph to add the placeholder to.
+        name: the placeholder's name.
+        dims: names (or sizes) of its two dimensions.
+        tokens: the token placeholder this mask describes (with ``pad_id``: pad tokens must be masked 0).
+        pad_id: the padding token id checked against ``tokens``.
+        allow_empty_rows: accept rows with no valid position.
+        padding: the side padding is on: ``"right"``, ``"left"`` or ``"any"`` (holes allowed).
+
+    Returns:
+        The ``[batch, time]`` float placeholder Var.
+
     >>> from samediff_py import Graph
     >>> g = Graph()
     >>> m = mask_placeholder(g, "mask", padding="left")
@@ -92,13 +104,29 @@ def mask_placeholder(
 
 
 def mask_padding(graph: Graph, mask: Var) -> str:
-    """The declared padding side of a mask placeholder (``"right"`` for derived masks)."""
+    """The declared padding side of a mask placeholder (``"right"`` for derived masks).
+
+    Args:
+        graph: the mask's graph.
+        mask: a ``[batch, time]`` mask Var.
+
+    Returns:
+        ``"right"``, ``"left"`` or ``"any"``.
+    """
     return graph.meta.get("masks", {}).get(mask.name, {}).get("padding", "right")
 
 
 # ============================================================================ selecting valid positions
 def valid_condition(mask: Var, like: Var) -> Var:
-    """A bool Var of ``like``'s shape: True at valid positions (libnd4j's select does not broadcast)."""
+    """A bool Var of ``like``'s shape: True at valid positions (libnd4j's select does not broadcast).
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+        like: ``[batch, time, ...]`` Var whose shape the result takes.
+
+    Returns:
+        bool Var of ``like``'s shape.
+    """
     m = mask
     for _ in range(like.rank - 2):
         m = ops.expand_dims(m, -1)
@@ -106,15 +134,26 @@ def valid_condition(mask: Var, like: Var) -> Var:
 
 
 def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
-    """``value`` at valid positions, ``fill`` at padded ones: a SELECT, so NaN/inf at padding never leaks
-    (``x * 0`` is NaN for x = NaN or inf); the gradient into padded positions is exactly 0.
+    """``value`` at valid positions, ``fill`` at padded ones.
+
+    A SELECT, so NaN/inf at padding never leaks (``x * 0`` is NaN for x = NaN or inf); the gradient into padded
+    positions is exactly 0.
 
     Built as a row gather (:func:`samediff_py.masked.rows.mask_rows`): the ``[batch * time, features]`` rows
     of ``value`` and one filler row, padded positions picking the filler. Padded values are never read, and
     their upstream gradient lands on the filler row, which is discarded. libnd4j's elementwise ``select`` does
     the same in ~15x the time (it reads every element through a generic per-element accessor: 39 ms vs 2.3 ms
     for a [32, 128, 128] float32 value, bench/FINDINGS.md), so it is used only where the feature shape is
-    unknown when building."""
+    unknown when building.
+
+    Args:
+        value: ``[batch, time, ...]`` Var.
+        mask: ``[batch, time]`` float mask (1 = valid).
+        fill: the value at padded positions.
+
+    Returns:
+        Var of ``value``'s shape and dtype.
+    """
     if value.rank < 2 or None in value.shape[2:]:
         filler = ops.zeros_like(value) if fill == 0.0 else ops.add(ops.zeros_like(value), fill)
         return ops.where(valid_condition(mask, value), value, filler, same_shape=True)
@@ -163,26 +202,39 @@ class Masked:
 
     @classmethod
     def derived(cls, value: Var, mask: Var) -> Masked:
-        """A Masked computed per position from an already-masked value (no new select: it was selected at
-        its source, and masked ops select again before they mix time steps)."""
+        """A Masked computed per position from an already-masked value.
+
+        No new select: it was selected at its source, and masked ops select again before they mix time steps.
+
+        Args:
+            value: ``[batch, time, ...]`` Var computed per position from a Masked value.
+            mask: that value's ``[batch, time]`` mask.
+
+        Returns:
+            The :class:`Masked` pair.
+        """
         return cls(value, mask, _selected=True)
 
     @property
     def graph(self) -> Graph:
+        """The graph the value belongs to."""
         return self.value.graph
 
     @property
     def shape(self):
+        """The value's static shape ``[batch, time, ...]``."""
         return self.value.shape
 
     @property
     def dtype(self):
+        """The value's dtype."""
         return self.value.dtype
 
     @property
     def rank(self) -> int:
         # ops.softmax/log_softmax read x.rank before refusing masked inputs: a Masked argument must get
         # there to receive the MaskError that says what to do
+        """The value's rank (>= 2)."""
         return self.value.rank
 
     def __repr__(self) -> str:
@@ -192,7 +244,17 @@ class Masked:
         raise TypeError("a graph value has no truth value")
 
     def map(self, fn: Callable[[Var], Var]) -> Masked:
-        """Apply a per-position function (it must not mix time steps) and keep the mask."""
+        """Apply a per-position function (it must not mix time steps) and keep the mask.
+
+        Args:
+            fn: ``[batch, time, ...] -> [batch, time, ...]`` function of Vars.
+
+        Returns:
+            Masked result of ``fn``, with this mask.
+
+        Raises:
+            MaskError: if ``fn`` changes the batch or time axis.
+        """
         out = fn(self.value)
         if not isinstance(out, Var) or out.rank < 2:
             raise MaskError("map(fn): fn must return a [batch, time, ...] Var")
@@ -203,7 +265,11 @@ class Masked:
         return Masked.derived(out, self.mask)
 
     def zeroed(self) -> Var:
-        """The value with padded positions set to exactly zero (a plain Var, for export or inspection)."""
+        """The value with padded positions set to exactly zero (a plain Var, for export or inspection).
+
+        Returns:
+            Var of the value's shape and dtype.
+        """
         return select_valid(self.value, self.mask)
 
     def _combine(self, other: Any, fn: Callable[[Any, Any], Var], swap: bool = False) -> Masked:
@@ -223,10 +289,13 @@ class Masked:
         return Masked.derived(out, self.mask)
 
     def _check_unmasked_operand(self, v: Var) -> None:
-        """An unmasked Var may join a ``[batch, time, ...]`` masked value only if it is clearly per-position:
-        no batch or time axis (a bias ``[F]``), a per-time table ``[1, time, ...]``, or a per-example value
-        ``[batch, 1, ...]``. A rank-1-lower ``[n, F]`` is refused: it could be ``[time, F]`` or ``[batch, F]``,
-        and numpy broadcasting would line a batch axis up with time without a word."""
+        """Refuse an unmasked Var that is not clearly per-position.
+
+        An unmasked Var may join a ``[batch, time, ...]`` masked value only if it is clearly per-position: no batch or
+        time axis (a bias ``[F]``), a per-time table ``[1, time, ...]``, or a per-example value ``[batch, 1, ...]``. A
+        rank-1-lower ``[n, F]`` is refused: it could be ``[time, F]`` or ``[batch, F]``, and numpy broadcasting would
+        line a batch axis up with time without a word.
+        """
         r = self.value.rank
         if v.rank <= r - 2 or (v.rank == r and (v.shape[0] == 1 or v.shape[1] == 1)):
             return
@@ -274,7 +343,15 @@ class Masked:
 
 
 def require_masked(x: Any, what: str) -> Masked:
-    """``x`` if it is :class:`Masked`, else a :class:`MaskError` saying why ``what`` needs one."""
+    """``x`` if it is :class:`Masked`, else a :class:`MaskError` saying why ``what`` needs one.
+
+    Args:
+        x: the argument to check.
+        what: the op's name, for the message.
+
+    Returns:
+        ``x``.
+    """
     if not isinstance(x, Masked):
         raise MaskError(
             f"{what} mixes time steps, so it needs a Masked value (Masked(value, mask)); got {type(x).__name__}. "
@@ -289,7 +366,9 @@ def dense(x: Masked, w: Var, b: Var | None = None, activation: Callable[[Var], V
 
     Args:
         x: Masked ``[batch, time, in]``.
-        w: ``[in, out]`` weights; ``b``: optional ``[out]`` bias; ``activation``: optional per-position op.
+        w: ``[in, out]`` weights.
+        b: optional ``[out]`` bias.
+        activation: optional per-position op.
 
     Returns:
         Masked ``[batch, time, out]`` (padded positions hold whatever the map gives for a zero input; every
@@ -308,19 +387,43 @@ def dense(x: Masked, w: Var, b: Var | None = None, activation: Callable[[Var], V
 def layer_norm(x: Masked, gain: Var | None = None, bias: Var | None = None, eps: float = 1e-5) -> Masked:
     """Layer norm over the FEATURE axis only (per position, so padding cannot leak across time).
 
-    ``[batch, time, F] -> [batch, time, F]``; see :func:`samediff_py.ops.layer_norm` for the definition
-    (``eps=0`` with gain and bias selects libnd4j's fused op)."""
+    See :func:`samediff_py.ops.layer_norm` for the definition (``eps=0`` with gain and bias selects libnd4j's
+    fused op).
+
+    Args:
+        x: Masked ``[batch, time, F]``.
+        gain: optional ``[F]`` scale.
+        bias: optional ``[F]`` offset.
+        eps: added to the variance.
+
+    Returns:
+        Masked ``[batch, time, F]``.
+    """
     return require_masked(x, "layer_norm").map(lambda v: ops.layer_norm(v, -1, gain, bias, eps))
 
 
 # ============================================================================ pooling over time
 def at_least_one(n: Var) -> Var:
-    """``max(n, 1)`` for counts: the denominator that turns 0/0 into 0/1."""
+    """``max(n, 1)`` for counts: the denominator that turns 0/0 into 0/1.
+
+    Args:
+        n: float Var of counts (whole numbers >= 0).
+
+    Returns:
+        Var of ``n``'s shape and dtype.
+    """
     return ops.add(n, ops.cast(ops.less(n, 0.5), n.dtype))
 
 
 def valid_counts(mask: Var) -> tuple[Var, Var]:
-    """(valid count per row ``[batch, 1]``, safe denominator ``max(count, 1)``)."""
+    """The valid count per row and the safe denominator ``max(count, 1)``.
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+
+    Returns:
+        ``(count, denominator)``, both ``[batch, 1]`` Vars of the mask's dtype.
+    """
     count = ops.sum(mask, 1, keepdims=True)
     return count, at_least_one(count)
 
@@ -336,6 +439,13 @@ def sum_pool(x: Masked, name: str | None = None) -> Var:
     Definition: ``out[b] = sum_{t: mask[b,t]=1} x[b, t]``. Padded values are selected away (not multiplied
     by 0), so NaN or inf there cannot reach the output; they receive exactly zero gradient. A fully padded
     row gives 0.
+
+    Args:
+        x: Masked ``[batch, time, F...]``.
+        name: optional name of the output node.
+
+    Returns:
+        ``[batch, F...]`` Var.
 
     >>> import numpy as np
     >>> from samediff_py import Graph
@@ -356,6 +466,13 @@ def mean_pool(x: Masked, name: str | None = None) -> Var:
     Definition: ``out[b] = sum_{t: mask[b,t]=1} x[b, t] / max(count_b, 1)``: it divides by the valid count,
     not the padded length; padded values are selected away (NaN/inf there is harmless); a fully padded row
     gives zeros with zero (finite) gradients, not 0/0.
+
+    Args:
+        x: Masked ``[batch, time, F...]``.
+        name: optional name of the output node.
+
+    Returns:
+        ``[batch, F...]`` Var.
     """
     x = require_masked(x, "mean_pool")
     _, denom = valid_counts(x.mask)
@@ -367,6 +484,13 @@ def max_pool(x: Masked, name: str | None = None) -> Var:
 
     Padded positions are replaced by ``-inf`` (a select: valid values are untouched, padded ones are never
     read), and rows with no valid position are selected to 0, so their gradient is 0.
+
+    Args:
+        x: Masked ``[batch, time, F...]``.
+        name: optional name of the output node.
+
+    Returns:
+        ``[batch, F...]`` Var.
     """
     x = require_masked(x, "max_pool")
     pooled = ops.max(select_valid(x.value, x.mask, fill=-np.inf), 1)  # [batch, F...]
