@@ -813,6 +813,25 @@ def test_softmax_is_stable_far_from_zero(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_and_log_softmax_gradients_far_from_zero(dtype):
+    """The shift by the row maximum carries no gradient (it is truncated to an integer, off the graph's
+    float path): the gradients must still be softmax's own, from numpy's closed form, at large magnitudes."""
+    a = np.array([[1000.5, 999.25, 998.0, 0.75], [-1000.7, -1001.1, -1000.2, -1003.9], [0.3, -0.2, 0.1, 0.0]])
+    a = a.astype(dtype).astype(np.float64)  # the values the graph sees (float32 rounds 1000.7 by ~3e-5)
+    c = np.random.default_rng(3).normal(size=a.shape).astype(dtype).astype(np.float64)
+    s = reference.softmax(a)
+    want_sm = s * (c - (s * c).sum(-1, keepdims=True))  # d/da sum(softmax(a) * c)
+    want_lsm = c - s * c.sum(-1, keepdims=True)  # d/da sum(log_softmax(a) * c)
+    for fn, want in ((ops.softmax, want_sm), (ops.log_softmax, want_lsm)):
+        g = Graph(dtype=dtype)
+        x = g.variable("x", a)
+        loss = ops.sum(ops.multiply(fn(x, -1), g.constant("c", c)))
+        got = g.gradients({}, loss, [x])["x"]
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, want, atol=tol, err_msg=fn.__name__)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("axis", [-1, 0])
 def test_log_softmax_is_stable_for_large_logits(dtype, axis):
     """M2.1's fused logSoftmax gives -inf here (log of an underflowed softmax); -inf * 0 is NaN in a loss."""

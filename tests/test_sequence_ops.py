@@ -368,20 +368,21 @@ def test_causal_lm_trains_on_shifted_targets_and_is_pad_invariant(side):
 
 
 # ============================================================================ fast zeroing and the conv form
+@pytest.mark.parametrize("fill", [0.0, -np.inf])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(3, 5), (3, 5, 4), (3, 5, 2, 3)])
-def test_mask_rows_equals_select(shape, dtype):
-    """masked.rows.mask_rows (a row gather) gives exactly select_valid's values and gradients, NaN/inf at
-    padding included, for any trailing shape; a fully padded row gives zeros."""
-    from samediff_py.masked.rows import mask_rows
-    from samediff_py.masked.value import select_valid
+def test_mask_rows_equals_select(shape, dtype, fill):
+    """masked.rows.mask_rows (a row gather) gives exactly libnd4j's elementwise select's values and gradients
+    (and numpy's values), NaN/inf at padding included, for any trailing shape and filler (max_pool fills
+    with -inf); a fully padded row gives the filler."""
+    from samediff_py.masked.rows import mask_rows, select_where
 
     g = Graph(seed=15, dtype=dtype)
     x = g.placeholder("x", ("batch", "time", *shape[2:]))
     m = masked.mask_placeholder(g, "mask", padding="any", allow_empty_rows=True)
     w = g.variable("w", np.random.default_rng(16).normal(size=shape[2:] or ()))
     h = ops.multiply(x, w)
-    a, b = mask_rows(h, m), select_valid(h, m)
+    a, b = mask_rows(h, m, fill=fill), select_where(h, m, fill)
     rng = np.random.default_rng(17)
     c = g.constant("c", rng.normal(size=shape))
     la, lb = ops.sum(ops.multiply(a, c)), ops.sum(ops.multiply(b, c))
@@ -392,7 +393,8 @@ def test_mask_rows_equals_select(shape, dtype):
     fd = {"x": xs, "mask": ms}
     va, vb = g.run(fd, [a, b])
     np.testing.assert_array_equal(va, vb)
-    np.testing.assert_array_equal(va[ms == 0], 0.0)
+    np.testing.assert_array_equal(va[ms == 0], fill)
+    np.testing.assert_allclose(va[ms == 1], (xs * g.get_value("w"))[ms == 1], rtol=1e-6)
     xs = np.nan_to_num(xs, posinf=1e30, neginf=-1e30)  # gradients w.r.t. w need finite x at padding
     ga, gb = g.gradients({"x": xs, "mask": ms}, la, [x, w]), g.gradients({"x": xs, "mask": ms}, lb, [x, w])
     for k in ga:

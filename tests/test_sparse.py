@@ -314,6 +314,7 @@ def test_counted_rows_give_the_full_logits_loss_metrics_and_gradients():
     assert got["loss_rows"] == pytest.approx(got["loss_full"], rel=1e-14)
     for k in ("acc", "top3"):
         assert got[f"{k}_rows"] == got[f"{k}_full"]
+    assert got["acc_rows"] == pytest.approx(R.top_k_accuracy(full_logits, fd["labels"], fd["mask"], 1))
     assert got["top3_rows"] == pytest.approx(R.top_k_accuracy(full_logits, fd["labels"], fd["mask"], 3))
     gf, gr = g.gradients(fd, outs["loss_full"], wrt), g.gradients(fd, outs["loss_rows"], wrt)
     for k in gf:
@@ -321,9 +322,13 @@ def test_counted_rows_give_the_full_logits_loss_metrics_and_gradients():
         np.testing.assert_allclose(gr[k], gf[k], rtol=1e-12, atol=1e-15, err_msg=k)
     counted = (fd["mask"] > 0) & (fd["labels"] != -1)
     assert (gr["x"][~counted] == 0).all() and (np.abs(gr["x"][counted]).sum(-1) > 0).all()
-    # the gradient into the logits themselves, from numpy's definition
+    # every gradient from numpy's definition (full logits, chain rule by hand)
     dz = R.masked_xent_grad(full_logits, fd["labels"], fd["mask"])
-    np.testing.assert_allclose(gr["w"], np.einsum("btf,btv->fv", np.tanh(np.nan_to_num(fd["x"])), dz), atol=1e-13)
+    h = np.tanh(np.nan_to_num(fd["x"]))
+    np.testing.assert_allclose(gr["w"], np.einsum("btf,btv->fv", h, dz), atol=1e-13)
+    np.testing.assert_allclose(gr["b"], dz.sum((0, 1)), atol=1e-13)
+    dx = (dz @ w.T) * (1 - h**2) * (fd["mask"][..., None] > 0)
+    np.testing.assert_allclose(gr["x"], dx, atol=1e-13)
 
 
 def test_counted_rows_with_nothing_counted_give_zero_loss_and_zero_gradients():
@@ -390,11 +395,15 @@ def _mlm_batch(seed: int, batch: int = 3, time: int = 10):
 
 def test_encoder_mlm_trains_exactly_like_the_full_logits_loss():
     """Encoder.mlm (counted rows) vs the full logits: same losses and same weights after Adam steps."""
-    (gc, lc, _), (gf, lf, _) = _encoder_graph(True), _encoder_graph(False)
+    (gc, lc, logits_c), (gf, lf, _) = _encoder_graph(True), _encoder_graph(False)
     tc, tf = train.Trainer(gc, lc, "adam", lr=0.01), train.Trainer(gf, lf, "adam", lr=0.01)
     for s in range(3):
         fd = _mlm_batch(s)
-        assert tc.step(fd) == pytest.approx(tf.step(fd), rel=1e-12)
+        # the loss from numpy's definition on the model's full logits (at the weights the step starts from)
+        reference = R.masked_xent(gc.run(fd, logits_c.value), fd["labels"], fd["mask"])
+        loss_c = tc.step(fd)
+        assert loss_c == pytest.approx(reference, rel=1e-10)
+        assert loss_c == pytest.approx(tf.step(fd), rel=1e-12)
     for v in gf.trainable():
         np.testing.assert_allclose(gc.get_value(v.name), gf.get_value(v.name), rtol=1e-9, atol=1e-12, err_msg=v.name)
 

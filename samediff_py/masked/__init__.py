@@ -1,10 +1,12 @@
 """Masked ops: values that carry their mask, and the ops that mix time steps without counting padding.
 
 ``samediff_py.masked`` is the namespace users import; its rooms are ``value`` (the :class:`Masked` value,
-mask placeholders, per-position maps, pooling), ``attention``, ``rows`` (the counted positions gathered
-into rows, for heads that only matter where a label counts) and ``losses``. The numpy helpers for
-padded batches (``pad_batch``, ``mask_from_lengths``...) live in :mod:`samediff_py.padding` and are
-re-exported here.
+mask placeholders, per-position maps, pooling), ``attention`` and ``causal`` (multi-head attention),
+``recurrent`` (LSTM, GRU), ``conv`` (1-d convolution), ``positions`` (position ids from the mask),
+``counted`` (the counted positions gathered into rows, for heads that only matter where a label counts),
+``losses`` (cross-entropy, metrics) and ``rows`` (zeroing padding by row gathers, which the others use).
+The numpy helpers for padded batches (``pad_batch``, ``mask_from_lengths``...) live in
+:mod:`samediff_py.padding` and are re-exported here.
 
 >>> import numpy as np
 >>> from samediff_py import Graph

@@ -25,7 +25,8 @@ import numpy as np
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Graph, Var
-from .value import Masked, require_masked, select_valid, valid_condition, valid_counts
+from .rows import valid_condition
+from .value import Masked, require_masked, select_valid, valid_counts
 
 __all__ = [
     "DEFAULT_IMPL",

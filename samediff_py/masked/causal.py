@@ -6,11 +6,11 @@ such as the causal one cannot go through them. This module computes attention fr
 once (batched ``[batch, heads, time, head_size]`` products):
 
     scores = q k^T / sqrt(head_size) + (allowed - 1) * 1e9,   allowed[b, i, j] = (j <= i) and mask[b, j]
-    weights = softmax(scores - rowmax(scores)),               out = (weights v) wo
+    weights = softmax(scores),                                out = (weights v) wo
 
-Rows are shifted by their maximum before the softmax: a padded query of a left-padded row has no allowed
-key, and M2.1's float64 softmax over the last axis returns NaN for rows whose entries are all below about
--745 (float32 is unaffected); shifted, no row is. Outputs and weight rows at padded queries are then set to
+:func:`samediff_py.ops.softmax` shifts each row by its maximum: a padded query of a left-padded row has no
+allowed key, and M2.1's float64 softmax over the last axis returns NaN for rows whose entries are all below
+about -745; shifted, no row is. Outputs and weight rows at padded queries are then set to
 0 (a row gather, :func:`~samediff_py.masked.rows.mask_rows`, and a select for the weights), so a fully padded
 row gives zeros with zero gradients.
 
@@ -29,8 +29,8 @@ import numpy as np
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import zero_padding
-from .value import Masked, require_masked, valid_condition
+from .rows import valid_condition, zero_padding
+from .value import Masked, require_masked
 
 __all__ = ["causal_attention", "causal_allowed"]
 
@@ -152,7 +152,6 @@ def causal_attention(
             scores = ops.multiply(scores, 1.0 / float(np.sqrt(hs)))
         allowed = ops.expand_dims(causal_allowed(mask), 1)  # [B, 1, Tq, Tk]
         scores = ops.add(scores, ops.multiply(ops.subtract(allowed, 1.0), BIG))
-        scores = ops.subtract(scores, ops.max(scores, -1, keepdims=True))  # no all-negative row: see above
         p = ops.softmax(scores, -1, name="p")
         ctx = _merge_heads(ops.batch_matmul(p, v), heads, hs, "context")  # [B, T, H*hs]
         out = ops.matmul(ctx, params.wo)

@@ -6,12 +6,10 @@ values with static trailing dimensions: the rows of ``value`` (one per position)
 gathered, padded positions reading the zero row. Its gradient is the gather's scatter-add, which sends padded
 positions' upstream gradients to that zero row, where they are dropped (NaN there included).
 
-Measured in M2.1 (op time, 1 thread): at ``[16, 64, 128]`` float32, forward 0.06 ms for the gather vs 13 ms for
-libnd4j's elementwise ``select``; at ``[32, 128, 128]``, forward + backward 10.6 ms vs 14.3 ms for the row form
-of select (:func:`samediff_py.ops.select_rows`), and
-7-9 ms for the same graph without any zeroing. The masked sequence layers use this module because it also
-records which values are already zero at padding (zeroing them again is skipped) and lets a convolution stack
-pass rows from layer to layer.
+libnd4j's elementwise ``select`` reads and writes element by element: at ``[32, 128, 128]`` float32 it takes
+39 ms forward (100 ms forward + backward) where the row gather takes 2.3 ms (38 ms); bench/FINDINGS.md, point 5.
+This module also records which values are already zero at padding (zeroing them again is skipped) and lets a
+convolution stack pass rows from layer to layer.
 """
 
 from __future__ import annotations
@@ -221,11 +219,44 @@ def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0)
     return mark_zero_padded(record_flat(out, mask, flat), mask)
 
 
+def valid_condition(mask: Var, like: Var) -> Var:
+    """A bool Var of ``like``'s shape: True at valid positions (libnd4j's select does not broadcast).
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+        like: ``[batch, time, ...]`` Var whose shape the result takes.
+
+    Returns:
+        bool Var of ``like``'s shape.
+    """
+    m = mask
+    for _ in range(like.rank - 2):
+        m = ops.expand_dims(m, -1)
+    return ops.greater(ops.add(m, ops.zeros_like(like, dtype=mask.dtype)), 0.5)
+
+
+def select_where(value: Var, mask: Var, fill: float = 0.0) -> Var:
+    """``value`` at valid positions, ``fill`` at padded ones, by libnd4j's elementwise select.
+
+    ~15x slower than :func:`mask_rows`; for values whose feature dims are unknown when building.
+
+    Args:
+        value: ``[batch, time, ...]`` Var.
+        mask: ``[batch, time]`` float mask (1 = valid).
+        fill: the value at padded positions.
+
+    Returns:
+        Var of ``value``'s shape and dtype.
+    """
+    filler = ops.zeros_like(value) if fill == 0.0 else ops.add(ops.zeros_like(value), fill)
+    return ops.where(valid_condition(mask, value), value, filler, same_shape=True)
+
+
 def zero_padding(value: Var, mask: Var, name: str | None = None) -> Var:
     """``value`` with exact zeros at padded positions.
 
     ``value`` itself if it is already known to hold them (and no ``name`` is asked for), else :func:`mask_rows`
-    where the feature dims are known, else :func:`~samediff_py.masked.value.select_valid`.
+    where the feature dims are known, else :func:`select_where`.
 
     Args:
         value: ``[batch, time, ...]`` Var.
@@ -239,9 +270,7 @@ def zero_padding(value: Var, mask: Var, name: str | None = None) -> Var:
         return value
     if value.rank >= 2 and None not in value.shape[2:]:
         return mask_rows(value, mask, name=name)
-    from . import value as v
-
-    out = ops.where(v.valid_condition(mask, value), value, ops.zeros_like(value), same_shape=True)
+    out = select_where(value, mask)
     if name is not None:
         out = value.graph.op("zero_padding", name, lambda n: value.graph.sd.identity(n, out.j), out.shape, out.dtype,
                              (out,))  # fmt: skip

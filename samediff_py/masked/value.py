@@ -35,7 +35,7 @@ from .. import ops
 from ..errors import MaskError
 from ..graph import Graph, Var
 from ..padding import SIDES
-from .rows import mask_rows
+from .rows import is_zero_padded, mask_rows, select_where
 
 __all__ = [
     "Masked",
@@ -117,22 +117,6 @@ def mask_padding(graph: Graph, mask: Var) -> str:
 
 
 # ============================================================================ selecting valid positions
-def valid_condition(mask: Var, like: Var) -> Var:
-    """A bool Var of ``like``'s shape: True at valid positions (libnd4j's select does not broadcast).
-
-    Args:
-        mask: ``[batch, time]`` float mask (1 = valid).
-        like: ``[batch, time, ...]`` Var whose shape the result takes.
-
-    Returns:
-        bool Var of ``like``'s shape.
-    """
-    m = mask
-    for _ in range(like.rank - 2):
-        m = ops.expand_dims(m, -1)
-    return ops.greater(ops.add(m, ops.zeros_like(like, dtype=mask.dtype)), 0.5)
-
-
 def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
     """``value`` at valid positions, ``fill`` at padded ones.
 
@@ -154,9 +138,10 @@ def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
     Returns:
         Var of ``value``'s shape and dtype.
     """
+    if fill == 0.0 and is_zero_padded(value, mask):
+        return value  # already selected (e.g. the value of a Masked): gathering again would change nothing
     if value.rank < 2 or None in value.shape[2:]:
-        filler = ops.zeros_like(value) if fill == 0.0 else ops.add(ops.zeros_like(value), fill)
-        return ops.where(valid_condition(mask, value), value, filler, same_shape=True)
+        return select_where(value, mask, fill)
     return mask_rows(value, mask, fill=fill)
 
 
@@ -245,6 +230,11 @@ class Masked:
 
     def map(self, fn: Callable[[Var], Var]) -> Masked:
         """Apply a per-position function (it must not mix time steps) and keep the mask.
+
+        ``fn`` also runs at padded positions, on exact zeros (whatever the feed held), and its backward runs
+        there with a zero upstream gradient: ``fn``'s derivative at 0 must be finite (``sqrt``, ``log`` and
+        dividing by the value are not: ``0 * inf`` is NaN, and it would reach the weights). Use
+        ``sqrt(v + eps)`` / ``log(v + eps)``, or a masked op.
 
         Args:
             fn: ``[batch, time, ...] -> [batch, time, ...]`` function of Vars.

@@ -48,30 +48,6 @@ public final class SessionMemory {
         return installed;
     }
 
-    /** Diagnostics: bytes held by the array caches of {@code sd}'s and its gradient function's sessions. */
-    @SuppressWarnings("unchecked")
-    public static long cachedBytes(SameDiff sd) {
-        long total = 0;
-        for (SameDiff f : new SameDiff[]{sd, sd.getFunction("grad")}) {
-            if (f == null) continue;
-            try {
-                java.lang.reflect.Field sf = SameDiff.class.getDeclaredField("sessions");
-                sf.setAccessible(true);
-                for (InferenceSession s : ((java.util.Map<Long, InferenceSession>) sf.get(f)).values()) {
-                    SessionMemMgr m = s.getMmgr();
-                    if (m instanceof ArrayCacheMemoryMgr) {
-                        java.lang.reflect.Field c = ArrayCacheMemoryMgr.class.getDeclaredField("currentCacheSize");
-                        c.setAccessible(true);
-                        total += c.getLong(m);
-                    }
-                }
-            } catch (ReflectiveOperationException e) {
-                throw new IllegalStateException(e);
-            }
-        }
-        return total;
-    }
-
     static SessionMemMgr manager(long cacheBytes, long bigBytes) {
         if (cacheBytes <= 0) return new Releasing();  // big arrays are released anyway; small ones too
         long max = org.bytedeco.javacpp.Pointer.maxBytes();

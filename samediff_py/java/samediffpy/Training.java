@@ -65,7 +65,6 @@ public final class Training {
     public static final class LossRecorder extends BaseListener {
         private final String loss;
         private double value = Double.NaN;
-        private long count;
 
         public LossRecorder(String loss) {
             this.loss = loss;
@@ -83,7 +82,6 @@ public final class Training {
             for (int i = 0; i < outs.size() && i < outputs.length; i++) {
                 if (loss.equals(outs.get(i))) {
                     value = outputs[i].sumNumber().doubleValue();
-                    count++;
                 }
             }
         }
@@ -413,11 +411,6 @@ public final class Training {
         double loss = computeGradientsArrays(s, feats);
         if (firstNonFiniteGradient(s, loss) < 0) applyGradients(s);
         return loss;
-    }
-
-    /** How many times the recorder saw the loss (a test checks it is exactly once per step). */
-    public static long lossCount(Session s) {
-        return s.recorder.count;
     }
 
     /** Sets the learning rate used from the next step on (shared by every parameter's updater). */
