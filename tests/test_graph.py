@@ -480,7 +480,7 @@ def test_to_dot_has_a_node_per_var_and_an_edge_per_input():
     g = Graph()
     x = g.placeholder("x", ("batch", 3))
     w = g.variable("w", np.ones((3, 2), np.float32))
-    y = ops.relu(x @ w, name="y")
+    y = ops.tanh(x @ w, name="y")
     dot = g.to_dot("net")
     assert dot.startswith('digraph "net" {') and dot.rstrip().endswith("}")
     nodes = re.findall(r'^  "([^"]+)" \[shape=(\w+)', dot, re.M)
