@@ -298,29 +298,47 @@ def _project_heads(x: Var, w: Var, b: Var | None, heads: int, hs: int) -> Var:
     return ops.transpose(ops.reshape_tail(y, 2, (heads, hs)), (0, 2, 1, 3))
 
 
+def heads_attention(xq: Var, kv: Var, params: AttentionParams, scaled: bool, offset: Var) -> tuple[Var, Var]:
+    """The batched-heads attention core: heads on a batch axis, batched matmuls, an additive score mask.
+
+    Shared by :func:`multi_head_attention` (``impl="batched"``) and causal attention; the callers zero
+    padding in ``xq``/``kv`` first and zero padded queries after.
+
+    Args:
+        xq: ``[B, Tq, d_in]`` queries.
+        kv: ``[B, Tk, d_in]`` keys and values.
+        params: the :class:`AttentionParams` (biases used when present).
+        scaled: divide the scores by ``sqrt(head_size)``.
+        offset: added to the ``[B, H, Tq, Tk]`` scores before the softmax (broadcast): 0 where a query may
+            attend to a key, ``-1e9`` where not.
+
+    Returns:
+        (``[B, Tq, d_out]`` output, ``[B, H, Tq, Tk]`` weights; softmax over keys).
+    """
+    heads, hs = params.heads, int(params.wq.shape[1])
+    q = _project_heads(xq, params.wq, params.bq, heads, hs)
+    if scaled:
+        q = ops.multiply(q, 1.0 / float(np.sqrt(hs)))
+    k = _project_heads(kv, params.wk, params.bk, heads, hs)
+    v = _project_heads(kv, params.wv, params.bv, heads, hs)
+    scores = ops.add(ops.batch_matmul(q, k, transpose_b=True), offset)  # [B, H, Tq, Tk]
+    w = ops.softmax(scores, -1, name="softmax")
+    ctx = ops.transpose(ops.batch_matmul(w, v), (0, 2, 1, 3))  # [B, Tq, H, hs]
+    out = ops.matmul(ops.reshape_tail(ctx, 2, (heads * hs,)), params.wo)  # heads concatenated head-major
+    return (out if params.bo is None else ops.add(out, params.bo)), w
+
+
 def _batched_attention(
     query: Masked, params: AttentionParams, context: Masked, scaled: bool, return_weights: bool, name: str | None
 ) -> Masked | tuple[Masked, Var]:
     """multi_head_attention(impl="batched"): the same masking rules as the fused path."""
     g = query.graph
-    heads, hs = params.heads, int(params.wq.shape[1])
     with g.scope(g.unique_name("attention", name).split("/")[-1]):
         kv = context.zeroed()  # padded keys and values selected to exactly 0 first
         xq = kv if context is query else query.zeroed()
-        q = _project_heads(xq, params.wq, params.bq, heads, hs)
-        if scaled:
-            q = ops.multiply(q, 1.0 / float(np.sqrt(hs)))
-        k = _project_heads(kv, params.wk, params.bk, heads, hs)
-        v = _project_heads(kv, params.wv, params.bv, heads, hs)
-        scores = ops.batch_matmul(q, k, transpose_b=True)  # [B, H, Tq, Tk]
         # DL4J's key mask: (mask - 1) * 1e9 added before the softmax (padded keys get exactly 0 weight)
         offset = ops.multiply(ops.subtract(context.mask, 1.0), BIG)  # [B, Tk]
-        scores = ops.add(scores, ops.expand_dims(ops.expand_dims(offset, 1), 1))
-        w = ops.softmax(scores, -1, name="softmax")
-        ctx = ops.transpose(ops.batch_matmul(w, v), (0, 2, 1, 3))  # [B, Tq, H, hs]
-        out = ops.matmul(ops.reshape_tail(ctx, 2, (heads * hs,)), params.wo)  # heads concatenated head-major
-        if params.bo is not None:
-            out = ops.add(out, params.bo)
+        out, w = heads_attention(xq, kv, params, scaled, ops.expand_dims(ops.expand_dims(offset, 1), 1))
         keep_q = _queries_to_keep(query.mask, context.mask)  # [B, Tq]
         result = Masked.derived(select_valid(out, keep_q), query.mask)
         if not return_weights:

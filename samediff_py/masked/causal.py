@@ -2,8 +2,8 @@
 
 DL4J 1.0.0-M2.1's fused attention ops take only a ``[batch, Tk]`` key mask (the op reshapes the mask to one
 value per batch row and key: ``[B, Tk, Tq]`` or ``[B, H, Tk, Tq]`` masks are refused), so a per-query mask
-such as the causal one cannot go through them. This module computes attention from plain ops, all heads at
-once (batched ``[batch, heads, time, head_size]`` products):
+such as the causal one cannot go through them. This module runs the batched-heads core of
+:func:`~samediff_py.masked.multi_head_attention` (plain ops, heads on a batch axis) with a per-query mask:
 
     scores = q k^T / sqrt(head_size) + (allowed - 1) * 1e9,   allowed[b, i, j] = (j <= i) and mask[b, j]
     weights = softmax(scores),                                out = (weights v) wo
@@ -22,23 +22,14 @@ weight). Weights use the same parameters as :func:`~samediff_py.masked.multi_hea
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
-from .. import _jvm, ops
+from .. import ops
 from ..errors import MaskError
 from ..graph import Var
+from .attention import BIG, AttentionParams, heads_attention
 from .rows import valid_condition, zero_padding
 from .value import Masked, require_masked
 
 __all__ = ["causal_attention", "causal_allowed"]
-
-BIG = 1e9
-
-
-def _seq() -> Any:
-    return _jvm.jclass("samediffpy.Sequences")
 
 
 def causal_allowed(mask: Var) -> Var:
@@ -58,45 +49,13 @@ def causal_allowed(mask: Var) -> Var:
     return ops.multiply(ops.cast(causal, mask.dtype), ops.expand_dims(mask, 1))
 
 
-def _split_heads(x: Var, heads: int, hs: int, name: str) -> Var:
-    g = x.graph
-    return g.op(
-        "split_heads",
-        name,
-        lambda n: _seq().splitHeads(g.sd, n, x.j, heads, hs),
-        (x.shape[0], heads, x.shape[1], hs),
-        x.dtype,
-        (x,),
-    )
-
-
-def _merge_heads(x: Var, heads: int, hs: int, name: str) -> Var:
-    g = x.graph
-    return g.op(
-        "merge_heads",
-        name,
-        lambda n: _seq().mergeHeads(g.sd, n, x.j, heads, hs),
-        (x.shape[0], x.shape[2], heads * hs),
-        x.dtype,
-        (x,),
-    )
-
-
-def _as_matrix(w: Var) -> Var:
-    """``[heads, hs, d_in] -> [d_in, heads * hs]`` (column ``h * hs + s`` is ``w[h, s, :]``)."""
-    h, hs, d = w.shape
-    return ops.reshape(ops.transpose(w, (2, 0, 1)), (d, h * hs))
-
-
-def _bias(params: Any, attr: str) -> Var | None:
-    b = getattr(params, attr, None)
-    if b is None:
-        return None
-    return ops.reshape(b, (-1,)) if b.rank != 1 else b
-
-
 def causal_attention(
-    query: Masked, params: Any, *, scaled: bool = True, return_weights: bool = False, name: str | None = None
+    query: Masked,
+    params: AttentionParams,
+    *,
+    scaled: bool = True,
+    return_weights: bool = False,
+    name: str | None = None,
 ) -> Masked | tuple[Masked, Var]:
     """Causal multi-head self-attention over a padded batch (see the module docstring).
 
@@ -129,7 +88,7 @@ def causal_attention(
     x_val = query.value
     if x_val.rank != 3:
         raise MaskError("causal attention takes [batch, time, features] values")
-    heads, hs, d_in = (int(d) for d in params.wq.shape)
+    d_in = int(params.wq.shape[2])
     if x_val.shape[2] is not None and x_val.shape[2] != d_in:
         raise ValueError(f"query has {x_val.shape[2]} features but the attention weights expect {d_in}")
     g = query.graph
@@ -138,26 +97,8 @@ def causal_attention(
     stem = full.split("/")[-1]
     with g.scope(stem):
         x = zero_padding(query.value, mask)
-
-        def project(w: Var, bias_attr: str, label: str) -> Var:
-            y = ops.matmul(x, _as_matrix(w))
-            b = _bias(params, bias_attr)
-            if b is not None:
-                y = ops.add(y, b)
-            return _split_heads(y, heads, hs, label)  # [B, H, T, hs]
-
-        q, k, v = project(params.wq, "bq", "q"), project(params.wk, "bk", "k"), project(params.wv, "bv", "v")
-        scores = ops.batch_matmul(q, k, transpose_b=True)  # [B, H, Tq, Tk]
-        if scaled:
-            scores = ops.multiply(scores, 1.0 / float(np.sqrt(hs)))
         allowed = ops.expand_dims(causal_allowed(mask), 1)  # [B, 1, Tq, Tk]
-        scores = ops.add(scores, ops.multiply(ops.subtract(allowed, 1.0), BIG))
-        p = ops.softmax(scores, -1, name="p")
-        ctx = _merge_heads(ops.batch_matmul(p, v), heads, hs, "context")  # [B, T, H*hs]
-        out = ops.matmul(ctx, params.wo)
-        bo = getattr(params, "bo", None)
-        if bo is not None:
-            out = ops.add(out, bo)
+        out, p = heads_attention(x, x, params, scaled, ops.multiply(ops.subtract(allowed, 1.0), BIG))
     result = Masked.derived(zero_padding(out, mask, name=stem), mask)
     if not return_weights:
         return result

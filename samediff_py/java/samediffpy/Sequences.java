@@ -377,22 +377,6 @@ public final class Sequences {
         return sd.reshape(name, flat, sd.concat(0, lead, tail));
     }
 
-    /** {@code [B, T, H*hs] -> [B, H, T, hs]} (B and T known at run time only). */
-    public static SDVariable splitHeads(SameDiff sd, String name, SDVariable x, int heads, int headSize) {
-        SDVariable lead = sd.stridedSlice(sd.shape(x), new long[]{0}, new long[]{2}, new long[]{1});
-        SDVariable tail = sd.constant(Nd4j.createFromArray(new long[]{heads, headSize}).castTo(lead.dataType()));
-        return sd.permute(name, sd.reshape(x, sd.concat(0, lead, tail)), 0, 2, 1, 3);
-    }
-
-    /** {@code [B, H, T, hs] -> [B, T, H*hs]}, heads concatenated head-major (as DL4J's multi-head op). */
-    public static SDVariable mergeHeads(SameDiff sd, String name, SDVariable x, int heads, int headSize) {
-        SDVariable t = sd.permute(x, 0, 2, 1, 3);
-        SDVariable lead = sd.stridedSlice(sd.shape(t), new long[]{0}, new long[]{2}, new long[]{1});
-        SDVariable tail = sd.constant(Nd4j.createFromArray(new long[]{(long) heads * headSize})
-                .castTo(lead.dataType()));
-        return sd.reshape(name, t, sd.concat(0, lead, tail));
-    }
-
     // ======================================================================================== conv1d
 
     /**
