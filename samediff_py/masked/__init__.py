@@ -1,7 +1,7 @@
 """Masked ops: values that carry their mask, and the ops that mix time steps without counting padding.
 
 ``samediff_py.masked`` is the namespace users import; its rooms are ``value`` (the :class:`Masked` value,
-mask placeholders, per-position maps, pooling), ``attention`` and ``causal`` (multi-head attention),
+mask placeholders, per-position maps, pooling), ``attention`` (multi-head attention, bidirectional and causal),
 ``recurrent`` (LSTM, GRU), ``conv`` (1-d convolution), ``positions`` (position ids from the mask),
 ``counted`` (the counted positions gathered into rows, for heads that only matter where a label counts),
 ``losses`` (cross-entropy, metrics) and ``rows`` (zeroing padding by row gathers, which the others use).
@@ -19,8 +19,13 @@ array([[2., 3.]], dtype=float32)
 
 from ..errors import MaskError
 from ..padding import check_mask, mask_from_lengths, mask_from_pad, pad_batch, positions_from_mask, shift_targets
-from .attention import AttentionParams, multi_head_attention, multi_head_attention_unfused, unfused_attention_core
-from .causal import causal_attention
+from .attention import (
+    AttentionParams,
+    causal_attention,
+    multi_head_attention,
+    multi_head_attention_unfused,
+    unfused_attention_core,
+)
 from .conv import conv1d
 from .counted import CountedRows, counted_rows
 from .losses import accuracy, softmax_cross_entropy, top_k_accuracy
