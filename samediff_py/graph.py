@@ -245,12 +245,6 @@ class Graph:
 
     def op(self, base: str, name: str | None, build: Callable[[str], Any], shape, dtype, parents) -> Var:
         """Add one op: ``build(full_name)`` returns the SDVariable; shape/dtype are the static result."""
-        final = [p.name for p in parents if p.name in self.meta.get("final_only", ())]
-        if final:
-            raise ValueError(
-                f"{final[0]!r} is a fused loss: M2.1's loss ops ignore the gradient flowing into them, so it can "
-                "only be the final loss, not an input to other ops. Build it with fused=False to scale or combine it."
-            )
         full = self.unique_name(base, name)
         with _jvm.java_errors():
             j = build(full)
