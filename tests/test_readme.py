@@ -23,3 +23,12 @@ def test_readme_quick_start_runs():
     # the summary the README shows is the one this graph prints
     shown = re.search(r"```text\n(Graph: .*?)```", text, re.S).group(1)
     assert namespace["g"].summary().strip() == shown.strip()
+
+
+def test_every_readme_python_block_parses():
+    """The other examples need user data to run, but they must at least be valid Python."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 5
+    for i, code in enumerate(blocks):
+        compile(code, f"README.md python block {i}", "exec")
