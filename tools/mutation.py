@@ -32,14 +32,27 @@ ROOT = Path(__file__).resolve().parent.parent
 # module -> (functions to mutate (None: all), tests that cover them)
 TARGETS: dict[str, tuple[list[str] | None, list[str]]] = {
     "samediff_py/masked/value.py": (
-        ["select_valid", "valid_condition", "sum_pool", "mean_pool", "max_pool", "at_least_one", "valid_counts",
+        ["select_valid", "sum_pool", "mean_pool", "max_pool", "at_least_one", "valid_counts",
          "_combine", "_check_unmasked_operand", "__init__", "map"],
         ["tests/test_masked.py", "tests/test_pad_invariance.py"],
     ),
-    "samediff_py/masked/losses.py": (None, ["tests/test_masked.py", "tests/test_pad_invariance.py"]),
+    "samediff_py/masked/rows.py": (
+        ["valid_condition", "select_where", "mask_rows", "zero_padding", "gather_rows", "flat_rows", "is_zero_padded"],
+        ["tests/test_masked.py", "tests/test_sequence_ops.py", "tests/test_pad_invariance.py"],
+    ),
+    "samediff_py/masked/losses.py": (
+        None,
+        ["tests/test_masked.py", "tests/test_pad_invariance.py", "tests/test_sparse.py"],
+    ),
+    "samediff_py/masked/counted.py": (None, ["tests/test_sparse.py", "tests/test_masked.py"]),
     "samediff_py/masked/attention.py": (
-        ["multi_head_attention", "_queries_to_keep", "multi_head_attention_unfused"],
-        ["tests/test_masked.py", "tests/test_pad_invariance.py"],
+        ["multi_head_attention", "_queries_to_keep", "multi_head_attention_unfused", "heads_attention",
+         "_batched_attention", "_project_heads", "causal_allowed", "causal_attention"],
+        ["tests/test_masked.py", "tests/test_pad_invariance.py", "tests/test_sequence_ops.py"],
+    ),
+    "samediff_py/ops.py": (
+        ["softmax", "log_softmax", "_detached_max", "relu", "gather", "embedding", "sparse_softmax_cross_entropy"],
+        ["tests/test_ops.py", "tests/test_sparse.py"],
     ),
     "samediff_py/testing.py": (None, ["tests/test_pad_invariance.py", "tests/test_mlm_scenario.py"]),
     "samediff_py/train.py": (
@@ -173,8 +186,15 @@ def main() -> None:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--only", help="comma-separated target paths (default: every target)")
     args = ap.parse_args()
     todo = mutants()
+    if args.only:
+        keep = set(args.only.split(","))
+        unknown = keep - set(TARGETS)
+        if unknown:
+            ap.error(f"unknown targets {sorted(unknown)}")
+        todo = [m for m in todo if m.path in keep]
     if args.max:
         todo = sorted(random.Random(args.seed).sample(todo, min(args.max, len(todo))), key=lambda m: (m.path, m.index))
     if args.list:
