@@ -1119,3 +1119,20 @@ def test_map_to_a_per_position_scalar_keeps_the_mask():
     np.testing.assert_allclose(g.run({"x": xs, "mask": [[1, 1], [1, 0]]}, s.value), [[3, 12], [21, 0]])
     with pytest.raises(MaskError, match="must return a \\[batch, time, ...\\] Var"):
         Masked(x, m).map(lambda v: ops.sum(v, (1, 2)))
+
+
+@pytest.mark.parametrize("impl", ["fused", "batched"])
+def test_attention_output_has_the_static_shape_of_its_inputs(impl):
+    """[batch, Tq, d_out] from a [batch, Tq, d_in] query and a [batch, Tk, d_in] context, known sizes kept."""
+    g = Graph()
+    q = g.placeholder("q", (2, 5, 4))
+    c = g.placeholder("c", (2, 7, 4))
+    mq, mc = masked.mask_placeholder(g, "mq", (2, 5)), masked.mask_placeholder(g, "mc", (2, 7))
+    p = AttentionParams.create(g, "p", 4, 2, d_out=6)
+    out, w = masked.multi_head_attention(Masked(q, mq), p, Masked(c, mc), return_weights=True, impl=impl)
+    assert out.value.shape == (2, 5, 6)
+    assert w.shape == (2, 2, 5, 7)
+    got = g.run(
+        {"q": np.ones((2, 5, 4)), "c": np.ones((2, 7, 4)), "mq": np.ones((2, 5)), "mc": np.ones((2, 7))}, [out.value, w]
+    )
+    assert got[0].shape == (2, 5, 6) and got[1].shape == (2, 2, 5, 7)

@@ -944,3 +944,20 @@ def test_broadcast_shapes_with_unknown_dims():
     assert ops.broadcast_shapes((2, 1), (None,)) == (2, None)
     with pytest.raises(ValueError, match="do not broadcast"):
         ops.broadcast_shapes((2, 3), (4,))
+
+
+def test_softmax_and_log_softmax_default_to_the_last_axis():
+    a = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]])
+    got, _ = forward(lambda x: ops.softmax(x), a)
+    np.testing.assert_allclose(got, reference.softmax(a), rtol=1e-6)
+    got, _ = forward(lambda x: ops.log_softmax(x), a)
+    np.testing.assert_allclose(got, np.log(reference.softmax(a)), rtol=1e-6, atol=1e-6)
+
+
+def test_embedding_refuses_a_table_that_is_not_vocab_by_width():
+    g = Graph()
+    ids = g.placeholder("ids", ("batch", "time"), "int32")
+    with pytest.raises(ValueError, match="embedding table must be"):
+        ops.embedding(ids, g.variable("t3", np.zeros((4, 2, 3))))
+    with pytest.raises(ValueError, match="embedding table must be"):
+        ops.embedding(ids, g.placeholder("t_unknown", ("vocab", 3)))

@@ -457,3 +457,14 @@ def test_embedding_training_does_not_leak_native_memory():
     rss = [float(x) for x in out.stdout.split()]
     # the leak added ~0.5 MB per step: 600 MB over the last 1200 steps; allocator drift stays far below 50 MB
     assert rss[-1] - rss[-4] < 50, f"resident memory still growing: {[round(r) for r in rss]} MB"
+
+
+def test_counted_rows_refuses_value_and_labels_of_different_static_sizes():
+    g = Graph()
+    x = g.placeholder("x", (2, 5, 3))
+    m = masked.mask_placeholder(g, "mask", (2, 5))
+    with pytest.raises(MaskError, match="disagree on axis 1"):
+        masked.counted_rows(Masked(x, m), g.placeholder("labels", (2, 4), "int32"))
+    with pytest.raises(MaskError, match="disagree on axis 0"):
+        masked.counted_rows(Masked(x, m), g.placeholder("labels0", (3, 5), "int32"))
+    masked.counted_rows(Masked(x, m), g.placeholder("labels_ok", (2, 5), "int32"))  # equal sizes are fine
