@@ -961,3 +961,22 @@ def test_embedding_refuses_a_table_that_is_not_vocab_by_width():
         ops.embedding(ids, g.variable("t3", np.zeros((4, 2, 3))))
     with pytest.raises(ValueError, match="embedding table must be"):
         ops.embedding(ids, g.placeholder("t_unknown", ("vocab", 3)))
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (2, 3, 4), (2, 3, 2, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_add_values_and_gradients(shape, dtype):
+    """add(x, b) with b over the last axis (every dense layer's bias): numpy's values, gradients of both inputs
+    from the closed form (d/dx = upstream, d/db = upstream summed over every other axis)."""
+    rng = np.random.default_rng(5)
+    xs, bs, c = rng.normal(size=shape), rng.normal(size=shape[-1]), rng.normal(size=shape)
+    g = Graph(dtype=dtype)
+    x, b = g.variable("x", xs), g.variable("b", bs)
+    y = ops.add(x, b)
+    loss = ops.sum(ops.multiply(y, g.constant("c", c)))
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(g.run({}, y), xs + bs, rtol=tol, atol=tol)
+    grads = g.gradients({}, loss, [x, b])
+    np.testing.assert_allclose(grads["x"], c, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grads["b"], c.reshape(-1, shape[-1]).sum(0), rtol=tol * 10, atol=tol * 10)
+    np.testing.assert_allclose(g.run({}, ops.add(b, x)), xs + bs, rtol=tol, atol=tol)  # the other order
