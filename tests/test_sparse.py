@@ -468,3 +468,17 @@ def test_counted_rows_refuses_value_and_labels_of_different_static_sizes():
     with pytest.raises(MaskError, match="disagree on axis 0"):
         masked.counted_rows(Masked(x, m), g.placeholder("labels0", (3, 5), "int32"))
     masked.counted_rows(Masked(x, m), g.placeholder("labels_ok", (2, 5), "int32"))  # equal sizes are fine
+
+
+def test_counted_rows_map_keeps_rows_and_refuses_scalars():
+    """map applies a per-row function: an [n + 1] result (one number per row) is fine, a scalar is not."""
+    g = Graph()
+    x = g.placeholder("x", ("batch", "time", 2))
+    labels = g.placeholder("labels", ("batch", "time"), "int32")
+    r = masked.counted_rows(Masked(x, masked.mask_placeholder(g, "mask")), labels)
+    norms = r.map(lambda v: ops.sum(ops.square(v), -1))  # [n + 1]
+    xs = np.arange(12.0).reshape(2, 3, 2)
+    got = g.run({"x": xs, "labels": [[1, -1, 0], [-1, 1, 1]], "mask": [[1, 1, 1], [1, 1, 0]]}, norms.rows)
+    np.testing.assert_allclose(got, [(xs[0, 0] ** 2).sum(), (xs[0, 2] ** 2).sum(), (xs[1, 1] ** 2).sum(), 0.0])
+    with pytest.raises(MaskError, match="must return an"):
+        r.map(lambda v: ops.sum(v))
