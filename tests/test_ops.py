@@ -980,3 +980,33 @@ def test_bias_add_values_and_gradients(shape, dtype):
     np.testing.assert_allclose(grads["x"], c, rtol=tol, atol=tol)
     np.testing.assert_allclose(grads["b"], c.reshape(-1, shape[-1]).sum(0), rtol=tol * 10, atol=tol * 10)
     np.testing.assert_allclose(g.run({}, ops.add(b, x)), xs + bs, rtol=tol, atol=tol)  # the other order
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (2, 3, 4), (2, 3, 2, 4)])
+@pytest.mark.parametrize("gain_shape", ["last", "trailing2", "scalar"])
+def test_multiply_by_a_broadcast_gain_values_and_gradients(shape, gain_shape):
+    """x * gain with gain broadcast along x's leading axes (tiled by an add inside ops.multiply) or a number
+    (a scalar op): numpy's values; d/dx = upstream * gain, d/dgain = (upstream * x) summed over broadcast axes."""
+    rng = np.random.default_rng(6)
+    xs, c = rng.normal(size=shape), rng.normal(size=shape)
+    g = Graph(dtype=np.float64)
+    x = g.variable("x", xs)
+    if gain_shape == "scalar":
+        y, gs = ops.multiply(x, 1.75), 1.75
+        want_g = None
+        y2 = ops.multiply(2.0, x)
+        np.testing.assert_allclose(g.run({}, y2), 2.0 * xs, rtol=1e-12)
+    else:
+        gshape = shape[-1:] if gain_shape == "last" else shape[-2:]
+        gs = rng.normal(size=gshape)
+        gain = g.variable("gain", gs)
+        y = ops.multiply(x, gain) if gain_shape == "last" else ops.multiply(gain, x)
+        lead = tuple(range(len(shape) - len(gshape)))
+        want_g = (c * xs).sum(lead)
+    np.testing.assert_allclose(g.run({}, y), xs * gs, rtol=1e-12)
+    loss = ops.sum(ops.multiply(y, g.constant("c", c)))
+    wrt = [x] if want_g is None else [x, g["gain"]]
+    grads = g.gradients({}, loss, wrt)
+    np.testing.assert_allclose(grads["x"], c * gs, rtol=1e-12, atol=1e-12)
+    if want_g is not None:
+        np.testing.assert_allclose(grads["gain"], want_g, rtol=1e-10, atol=1e-12)
