@@ -52,6 +52,7 @@ from .checkpoint import atomic_write
 from .errors import ModelFileError
 from .graph import Graph, Var
 from .masked import AttentionParams, Masked
+from .models import Block
 
 __all__ = [
     "ACTIVATIONS",
@@ -429,17 +430,6 @@ class BertOutputs:
     loss: Var | None = None
 
 
-@dataclass
-class _Layer:
-    attn: AttentionParams
-    ln1: tuple[Var, Var]
-    w1: Var
-    b1: Var
-    w2: Var
-    b2: Var
-    ln2: tuple[Var, Var]
-
-
 class Bert:
     """A BERT encoder (+ optional pooler, + optional MLM head) whose weights are Vars of ``graph``.
 
@@ -520,12 +510,12 @@ class Bert:
         v = self._vars
         self.word, self.position, self.token_type = v["word"], v["position"], v["token_type"]
         self.emb_ln = (v["emb_ln_gain"], v["emb_ln_bias"])
-        self.layers: list[_Layer] = []
+        self.layers: list[Block] = []  # models.Block holds the same Vars; layer() is BERT's forward
         for i in range(config.num_hidden_layers):
             p = f"layer{i}."
             attn = AttentionParams(*(v[p + n] for n in ("wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo")))
             self.layers.append(
-                _Layer(
+                Block(
                     attn,
                     (v[p + "ln1_gain"], v[p + "ln1_bias"]),
                     v[p + "w1"],
