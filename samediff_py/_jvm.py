@@ -65,8 +65,14 @@ def cpu_flags() -> set[str]:
 
 
 def preferred_classifier() -> str:
-    """nd4j's native build for this CPU, as build.gradle picks it: ``-avx2`` with AVX2 + FMA, else generic."""
-    return "linux-x86_64-avx2" if _CLASSIFIER_NEEDS["avx2"] <= cpu_flags() else "linux-x86_64"
+    """nd4j's native build for this CPU, as build.gradle picks it.
+
+    ``-onednn-avx512`` with AVX-512 (F, BW, DQ, VL), else ``-avx2`` with AVX2 + FMA, else generic.
+    """
+    flags = cpu_flags()
+    if _CLASSIFIER_NEEDS["avx512"] <= flags:
+        return "linux-x86_64-onednn-avx512"
+    return "linux-x86_64-avx2" if _CLASSIFIER_NEEDS["avx2"] <= flags else "linux-x86_64"
 
 
 def _has_backend(folder: Path) -> bool:

@@ -103,9 +103,25 @@ def to_numpy(j: Any) -> np.ndarray:
     strides = tuple(int(s) for s in info[4 + rank : 4 + 2 * rank])
     if 0 in shape:
         return np.zeros(shape, dt)
-    out = np.empty(shape, dt)
+    out = _fresh(shape, dt)
     np.copyto(out, _view(int(info[0]), dt, shape, strides))  # j is alive until we return
     return out
+
+
+def _fresh(shape: tuple[int, ...], dt: np.dtype) -> np.ndarray:
+    """``np.empty`` without numpy's transparent-huge-page advice for this one allocation.
+
+    numpy advises huge pages for every allocation of 4 MB or more; where the kernel's THP defrag setting is
+    ``madvise`` (the usual default), the first touch of such memory can stall in page compaction: copying a
+    model's ``[32, 128, 1000]`` float32 logits out took 34 ms instead of 1-6 ms here, in runs of many steps,
+    whenever fresh memory was needed (bench/FINDINGS.md). The advice is restored at once (the GIL is held).
+    """
+    madvise = (getattr(np, "_core", None) or np.core).multiarray._set_madvise_hugepage
+    before = madvise(False)
+    try:
+        return np.empty(shape, dt)
+    finally:
+        madvise(before)
 
 
 @functools.cache

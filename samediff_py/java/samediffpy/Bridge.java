@@ -19,6 +19,7 @@ import org.bytedeco.javacpp.Pointer;
 import org.nd4j.linalg.api.buffer.DataBuffer;
 import org.nd4j.linalg.api.buffer.DataType;
 import org.nd4j.linalg.api.ndarray.INDArray;
+import org.nd4j.linalg.factory.Environment;
 import org.nd4j.linalg.factory.Nd4j;
 import org.nd4j.nativeblas.NativeOpsHolder;
 
@@ -351,8 +352,31 @@ public final class Bridge {
         return m;
     }
 
+    // ---------------------------------------------------------------- libnd4j's platform helpers (oneDNN)
+
+    /**
+     * libnd4j's platform helpers (oneDNN, in the -onednn builds) off while {@code sd} holds M2.1's fused
+     * attention op, on otherwise; called before every run. That op's backward runs ~3x slower with oneDNN (in the
+     * MLM demo's raw-op variants: 53 vs 16 ms per step; it issues many tiny matmuls, each set up anew), while
+     * every other graph measured runs faster with it (matmul, softmax: the base MLM encoder's step 1.2x). The
+     * switch is JVM-wide, hence set per run; builds without helpers ignore it.
+     */
+    public static void useHelpersFor(SameDiff sd) {
+        boolean allow = !holdsOp(sd, "multi_head_dot_product_attention");
+        Environment env = Nd4j.getEnvironment();
+        if (env.helpersAllowed() != allow) env.allowHelpers(allow);
+    }
+
+    static boolean holdsOp(SameDiff sd, String opName) {
+        for (SameDiffOp op : sd.getOps().values()) {
+            if (opName.equals(op.getOp().opName())) return true;
+        }
+        return false;
+    }
+
     /** Runs the graph; outputs are detached so they survive later calls. */
     public static INDArray[] output(SameDiff sd, String[] feedNames, INDArray[] feeds, String[] outputs) {
+        useHelpersFor(sd);
         Map<String, INDArray> res = sd.output(feedMap(feedNames, feeds), outputs);
         INDArray[] out = new INDArray[outputs.length];
         for (int i = 0; i < outputs.length; i++) out[i] = detached(res.get(outputs[i]));
@@ -390,6 +414,7 @@ public final class Bridge {
      */
     public static OutAndGrad gradientsAndOutputs(SameDiff sd, Map<String, INDArray> ph, List<String> outputs,
                                                  List<String> wrt) {
+        useHelpersFor(sd);
         if (STOCK_GRADIENTS) return sd.calculateGradientsAndOutputs(ph, outputs, wrt);  // for A/B measurements
         if (sd.getFunction("grad") == null) sd.createGradFunction();
         SameDiff gradFn = sd.getFunction("grad");

@@ -393,6 +393,7 @@ public final class Training {
     public static double stepFused(Session s, long[] addresses, long[] shapes) {
         requireCurrent(s);
         INDArray[] feats = wrapFeeds(s, addresses, shapes);
+        Bridge.useHelpersFor(s.sd);
         s.recorder.value = Double.NaN;
         s.sd.fit(new MultiDataSet(feats, new INDArray[0]), s.recorder);
         return s.recorder.value;
