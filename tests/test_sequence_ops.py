@@ -108,6 +108,47 @@ def test_conv_stack_is_pad_invariant(side):
     assert ("output", "alone", 2, h.value.name) in rep.drift
 
 
+@pytest.mark.parametrize("offsets", [None, [0], [-1, 0, 1], [-4, -2, 0], [0, 3]], ids=str)
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_structured_row_gather_gradient_equals_scatter_add(tmp_path, offsets, side):
+    """The row and tap gathers of the masked ops promise an index structure (``index[p*k + j]`` is
+    ``p + offsets[j]`` or the filler row) and get a gradient by one gather of the inverse index instead of
+    libnd4j's scatter-add: the same table gradient as numpy's ``np.add.at`` over the index, before and after a
+    save / load (the promise travels in the op's integer arguments). None: a mask's row index."""
+    from samediff_py.masked import rows
+
+    rng = np.random.default_rng(4)
+    g = Graph(seed=3, dtype=np.float64)
+    table = rng.normal(size=(4 * 6, 4))
+    flat = g.variable("flat", table)  # SameDiff differentiates graphs with a variable
+    m = masked.mask_placeholder(g, "mask", allow_empty_rows=True, padding=side)
+    if offsets is None:
+        offsets, idx = [0], rows.row_index(m)
+    else:  # a convolution's taps: dilation d, `left` steps before each position
+        d = offsets[1] - offsets[0] if len(offsets) > 1 else 1
+        idx = rows.tap_index(m, len(offsets), d, -offsets[0], offsets[-1])
+    k, t, f = len(offsets), 6, 4
+    out = rows.gather_rows(flat, idx, offsets=offsets, name="out")
+    c = g.placeholder("c", (None, f))
+    loss = ops.sum(ops.multiply(out, c), name="loss")
+    mask = masked.mask_from_lengths([6, 3, 0, 5], t, side=side)
+    fd = {"mask": mask, "c": rng.normal(size=(4 * t * k, f))}
+    ids = g.run(fd, idx)
+    n = 4 * t
+    for p in range(n):  # the promise holds for the index the masked ops build
+        for j, o in enumerate(offsets):
+            assert ids[p * k + j] in (p + o, n)
+    ref = np.zeros((n + 1, f))
+    np.add.at(ref, ids, fd["c"])
+    got = g.gradients(fd, loss, [flat])["flat"]
+    np.testing.assert_allclose(got, ref[:n], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(g.run(fd, out), np.vstack([table, np.zeros((1, f))])[ids], rtol=0, atol=0)
+    g2 = train.load(train.save(g, tmp_path / "m.sdz"))
+    marked = ",".join(str(a) for a in (0, 7_530_000_001, k, *offsets))
+    assert marked in list(_jvm.jclass("samediffpy.FixedOps").gatherArgs(g2.sd))
+    np.testing.assert_allclose(g2.gradients(fd, "loss", ["flat"])["flat"], ref[:n], rtol=0, atol=1e-12)
+
+
 def test_conv1d_validates_arguments():
     g = Graph()
     x = g.placeholder("x", ("batch", "time", C))

@@ -18,11 +18,13 @@ padding    definition (k = kernel width, d = dilation; zeros outside each row's 
 Weights ``[k, in, out]`` (DL4J's ``conv1d`` layout). Computed as ONE row gather and ONE matrix product: for each
 position the rows of its k taps (a zero row for taps on padding or outside the row) side by side,
 ``[positions, k * in] @ [k * in, out]``. The same numbers as DL4J's ``conv1d`` in ``SAME`` / ``CAUSAL`` mode
-(tests/test_sequence_ops.py), with the masking built in and no select. Measured (M2.1, 1 thread, one layer,
-forward + backward, op time): at ``[32, 128, 128]`` 27-54 ms vs 91-119 ms for DL4J's ``conv1d`` without any
-masking (its ``conv1d_bp`` dominates); at ``[16, 64, 64]`` about equal (9-10 vs 8-11 ms), where SameDiff's
-per-op cost dominates both. In a stack each further layer adds ~6 ops (the row and tap indices are built once
-per mask).
+(tests/test_sequence_ops.py), with the masking built in and no select. The gather's gradient is one gather
+as well (each input row is read at most once per tap: the inverse index, then a sum over taps) instead of
+libnd4j's scatter-add (~1 us per row). Measured (M2.1, 1 thread, one layer, forward + backward, op time): at
+``[32, 128, 128]`` 27-54 ms vs 91-119 ms for DL4J's ``conv1d`` without any masking (its ``conv1d_bp``
+dominates; before the gather gradient and the oneDNN build); at ``[16, 64, 64]`` about equal (9-10 vs 8-11 ms),
+where SameDiff's per-op cost dominates both. A 3-layer training step at ``[32, 128, 128]``: 80 -> 68 ms with the
+gather gradient (bench/FINDINGS.md). The row and tap indices are built once per mask.
 
 >>> import numpy as np
 >>> from samediff_py import Graph, masked
@@ -99,13 +101,14 @@ def conv1d(
         # every tap of every position, padded steps and steps outside the row reading a zero row: the input's
         # padding is never read, whatever it holds (one gather, no select, no multiplication by the mask)
         taps = tap_index(x.mask, k, int(dilation), left, total - left)
-        cols = ops.reshape(gather_rows(flat_rows(x.value, x.mask), taps), (-1, k * c_in))  # [B*T, k*in]
+        offsets = [j * int(dilation) - left for j in range(k)]
+        cols = ops.reshape(gather_rows(flat_rows(x.value, x.mask), taps, offsets=offsets), (-1, k * c_in))
         y = ops.matmul(cols, ops.reshape(w, (k * c_in, c_out)))  # [B*T, out]
         if b is not None:
             y = ops.add(y, b)
         if activation is not None:
             y = activation(y)
-        flat = gather_rows(y, row_index(x.mask))  # exactly 0 at padded positions
+        flat = gather_rows(y, row_index(x.mask), offsets=[0])  # exactly 0 at padded positions
     out = unflatten(flat, x.mask, (c_out,), name=stem)
     # the next masked conv reads y's rows directly (its taps never read padded rows)
     return Masked.derived(mark_zero_padded(record_flat(out, x.mask, y), x.mask), x.mask)

@@ -3,11 +3,13 @@
 ``mask_rows(value, mask)`` gives exactly what ``select_valid(value, mask)`` gives (the value at valid positions,
 0 at padded ones, whatever they held: NaN, inf, 1e30; no gradient into padding), for ``[batch, time, F...]``
 values with static trailing dimensions: the rows of ``value`` (one per position) followed by one zero row are
-gathered, padded positions reading the zero row. Its gradient is the gather's scatter-add, which sends padded
-positions' upstream gradients to that zero row, where they are dropped (NaN there included).
+gathered, padded positions reading the zero row. Its gradient is a gather too: each row is read by its own
+position or by none, so row ``r`` gets position ``r``'s upstream gradient if ``r`` is valid, else exactly 0
+(NaN upstream at padding included), with no scatter-add (``gather_rows(offsets=...)``).
 
 libnd4j's elementwise ``select`` reads and writes element by element: at ``[32, 128, 128]`` float32 it takes
-39 ms forward (100 ms forward + backward) where the row gather takes 2.3 ms (38 ms); bench/FINDINGS.md, point 5.
+39 ms forward (100 ms forward + backward) where the row gather takes 2.3 ms (38 ms with the scatter-add backward
+of a plain gather, ~3 ms with the gather backward); bench/FINDINGS.md.
 This module also records which values are already zero at padding (zeroing them again is skipped) and lets a
 convolution stack pass rows from layer to layer.
 """
@@ -15,6 +17,7 @@ convolution stack pass rows from layer to layer.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -77,7 +80,9 @@ def tap_index(mask: Var, k: int, dilation: int, left: int, right: int) -> Var:
     return cache[key]
 
 
-def gather_rows(flat: Var, index: Var, name: str | None = None, fill: float = 0.0) -> Var:
+def gather_rows(
+    flat: Var, index: Var, name: str | None = None, fill: float = 0.0, offsets: Sequence[int] | None = None
+) -> Var:
     """``[rows of flat; a filler row][index]``: an index equal to ``n`` reads ``fill``.
 
     Args:
@@ -85,20 +90,22 @@ def gather_rows(flat: Var, index: Var, name: str | None = None, fill: float = 0.
         index: ``[m]`` int32 row indices in ``[0, n]``.
         name: optional name of the output node.
         fill: the filler row's value.
+        offsets: the caller's promise about ``index`` (``k = len(offsets)``, ``m = n * k``): ``index[p*k + j]``
+            is ``p + offsets[j]`` or ``n``, as :func:`row_index` (``[0]``) and :func:`tap_index` build it. Each row
+            is then read at most once per ``j``, and the gradient is a gather by the inverse index instead of
+            libnd4j's scatter-add (~1 us per row). None: any index.
 
     Returns:
         ``[m, F]`` Var of ``flat``'s dtype.
     """
     g = flat.graph
     zero = g.constant(None, np.full((1, flat.shape[1]), fill, flat.dtype))
-    return g.op(
-        "gather_rows",
-        name,
-        lambda nm: _seq().gatherRows(g.sd, nm, flat.j, index.j, zero.j),
-        (index.shape[0], flat.shape[1]),
-        flat.dtype,
-        (flat, index, zero),
-    )
+    if offsets is None:
+        build = lambda nm: _seq().gatherRows(g.sd, nm, flat.j, index.j, zero.j)  # noqa: E731
+    else:
+        shifts = [int(o) for o in offsets]
+        build = lambda nm: _seq().gatherRowsShifted(g.sd, nm, flat.j, index.j, zero.j, shifts)  # noqa: E731
+    return g.op("gather_rows", name, build, (index.shape[0], flat.shape[1]), flat.dtype, (flat, index, zero))
 
 
 def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = None) -> Var:
@@ -212,7 +219,7 @@ def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0)
     rest = value.shape[2:]
     if None in rest:
         raise ValueError(f"mask_rows needs the feature dims of {value.name!r} known when building, got {value.shape}")
-    flat = gather_rows(flat_rows(value, mask), row_index(mask), fill=fill)
+    flat = gather_rows(flat_rows(value, mask), row_index(mask), fill=fill, offsets=[0])
     out = unflatten(flat, mask, tuple(rest), name=name)
     if fill != 0.0:
         return out

@@ -370,6 +370,18 @@ public final class Sequences {
         return sd.updateVariableNameAndReference(out, name);
     }
 
+    /**
+     * {@link #gatherRows} for an index of known structure, whose gradient is then a gather, not a scatter-add
+     * ({@link FixedOps.FixedGather}): {@code offsets} of length k, {@code index[p*k + j]} is {@code p + offsets[j]}
+     * or the filler row {@code rows} (k = 1, offset 0: {@link #maskRowIndex}; k taps: {@link #convTapIndex}).
+     */
+    public static SDVariable gatherRowsShifted(SameDiff sd, String name, SDVariable flat, SDVariable index,
+                                               SDVariable zeroRow, long[] offsets) {
+        SDVariable table = sd.concat(0, flat, zeroRow);
+        SDVariable out = new FixedOps.FixedGather(sd, table, index, offsets).outputVariable();
+        return sd.updateVariableNameAndReference(out, name);
+    }
+
     /** {@code flat [B*T, F...] -> [B, T, F...]} with B and T taken from the mask at run time. */
     public static SDVariable unflatten(SameDiff sd, String name, SDVariable flat, SDVariable mask, long[] rest) {
         SDVariable lead = sd.shape(mask);
