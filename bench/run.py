@@ -206,6 +206,10 @@ SECTIONS = {
     ),
     "startup": ("startup", _set("startup", lambda q: py_main("bench_startup", q))),
     "padding": ("padding", _set("padding", lambda q: py_main("bench_padding", q))),
+    "recurrent": (
+        "masked LSTM and conv1d stack vs PyTorch",
+        _set("recurrent", lambda q: py_main("bench_recurrent", q)),
+    ),
     "bert_vocab": (
         "BERT vocabulary: samediff_py vs two PyTorch twins",
         _set("bert_vocab", lambda q: _vocab("bert", q)),
@@ -418,6 +422,17 @@ def _startup(R: dict) -> list[str]:
                 ["total", f(s["total_s"], 3)],
             ],
         ),
+        "",
+    ]
+
+
+def _recurrent(R: dict) -> list[str]:
+    import bench_recurrent
+
+    return [
+        "## Masked LSTM and masked conv1d stack vs PyTorch (bench_recurrent.py)",
+        "",
+        bench_recurrent.report(R["recurrent"]),
         "",
     ]
 
@@ -647,6 +662,7 @@ REPORTS = [
     ("vocab", _vocab_report),
     ("scaling", _scaling),
     ("attention", _attention),
+    ("recurrent", _recurrent),
     ("threads", _threads_report),
     ("backends", _backends_report),
     ("startup", _startup),
