@@ -19,6 +19,9 @@ Options come from the environment:
   starts, for the whole process; with glibc's own growing threshold freed nd4j arrays stay in its heap).
   Measured at a BERT vocabulary with ``N = 1048576`` and a 32 MB cache: ~0.6x the resident memory at ~1.5x
   the step time (fresh pages for every big array; bench/FINDINGS.md).
+- ``SAMEDIFF_PY_HELPERS``: ``0`` switches libnd4j's platform helpers (oneDNN, in the ``-onednn`` builds) off for
+  every graph (default ``1``: on, except while a graph holding M2.1's fused attention op runs, whose backward
+  is ~3x slower with them).
 - ``SAMEDIFF_PY_THREADS``: OpenMP threads for nd4j's native ops (default: ``OMP_NUM_THREADS`` if set, else 1).
   One thread is the default because the graphs this library targets are many small ops: with 2 threads,
   libnd4j's OpenMP barriers made an MLM training step 3-10x slower whenever the other core was busy
@@ -219,6 +222,7 @@ def _jnius() -> Any:
             f"-Dorg.bytedeco.javacpp.maxphysicalbytes={offheap}",
             f"-Dsamediffpy.arrayCacheMB={cache_mb}",
             f"-Dsamediffpy.bigArrayBytes={big}",
+            f"-Dsamediffpy.helpers={'false' if os.environ.get('SAMEDIFF_PY_HELPERS', '1') == '0' else 'true'}",
             *os.environ.get("SAMEDIFF_PY_JVM_OPTS", "").split(),
         )
         jnius_config.set_classpath(*classpath)

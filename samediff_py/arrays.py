@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 from typing import Any
 
 import numpy as np
@@ -114,14 +115,22 @@ def _fresh(shape: tuple[int, ...], dt: np.dtype) -> np.ndarray:
     numpy advises huge pages for every allocation of 4 MB or more; where the kernel's THP defrag setting is
     ``madvise`` (the usual default), the first touch of such memory can stall in page compaction: copying a
     model's ``[32, 128, 1000]`` float32 logits out took 34 ms instead of 1-6 ms here, in runs of many steps,
-    whenever fresh memory was needed (bench/FINDINGS.md). The advice is restored at once (the GIL is held).
+    whenever fresh memory was needed (bench/FINDINGS.md). numpy's switch is process-wide: it is flipped and
+    restored under a lock, and only for allocations numpy would advise.
     """
-    madvise = (getattr(np, "_core", None) or np.core).multiarray._set_madvise_hugepage
-    before = madvise(False)
-    try:
+    if int(np.prod(shape, dtype=np.int64)) * dt.itemsize < _HUGE_ADVICE_BYTES:
         return np.empty(shape, dt)
-    finally:
-        madvise(before)
+    madvise = (getattr(np, "_core", None) or np.core).multiarray._set_madvise_hugepage
+    with _MADVISE_LOCK:
+        before = madvise(False)
+        try:
+            return np.empty(shape, dt)
+        finally:
+            madvise(before)
+
+
+_HUGE_ADVICE_BYTES = 1 << 22  # numpy's threshold for the advice
+_MADVISE_LOCK = threading.Lock()
 
 
 @functools.cache

@@ -6,7 +6,10 @@ same classifier for a CPU, or an installed package would look for a folder `same
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +96,17 @@ def test_big_outputs_leave_numpys_huge_page_setting_as_it_was():
         assert madvise(False) is False  # still off
     finally:
         madvise(before)
+
+
+def test_helpers_can_be_switched_off_for_every_graph():
+    """SAMEDIFF_PY_HELPERS=0: libnd4j's helpers stay off even for graphs without the fused op (a fresh JVM)."""
+    code = (
+        "import numpy as np; from samediff_py import Graph, ops, _jvm; g = Graph(); x = g.placeholder('x', (2,)); "
+        "g.run({'x': np.ones(2, np.float32)}, ops.add(x, x)); "
+        "print(_jvm.jclass('org.nd4j.linalg.factory.Nd4j').getEnvironment().helpersAllowed())"
+    )
+    for value, want in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "SAMEDIFF_PY_HELPERS": value}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == want

@@ -142,11 +142,35 @@ def test_structured_row_gather_gradient_equals_scatter_add(tmp_path, offsets, si
     np.add.at(ref, ids, fd["c"])
     got = g.gradients(fd, loss, [flat])["flat"]
     np.testing.assert_allclose(got, ref[:n], rtol=0, atol=1e-12)
+    grad_ops = {op.getOp().opName() for op in g.sd.getFunction("grad").getOps().values().toArray()}
+    assert "scatter_add" not in grad_ops  # the gather gradient ran, not the general fallback
     np.testing.assert_allclose(g.run(fd, out), np.vstack([table, np.zeros((1, f))])[ids], rtol=0, atol=0)
     g2 = train.load(train.save(g, tmp_path / "m.sdz"))
     marked = ",".join(str(a) for a in (0, 7_530_000_001, k, *offsets))
     assert marked in list(_jvm.jclass("samediffpy.FixedOps").gatherArgs(g2.sd))
     np.testing.assert_allclose(g2.gradients(fd, "loss", ["flat"])["flat"], ref[:n], rtol=0, atol=1e-12)
+
+
+def test_masked_gather_refuses_a_value_whose_rows_differ_from_its_masks():
+    """A value whose batch x time differs from its mask's at run time (dims the graph could not check when
+    building) used to gather wrong rows silently; the structured gathers now fail with an error instead (and
+    their gradient can never index past the upstream rows: that crashed the process in a review's probe)."""
+    from samediff_py.errors import JavaError
+
+    g = Graph(seed=5)
+    x = g.placeholder("x", (None, None, 4))  # no named dims: nothing ties x to the mask
+    m = masked.mask_placeholder(g, "mask")
+    w0 = g.variable("w0", shape=(4, 4))
+    h = Masked(ops.reshape(ops.matmul(ops.reshape(x, (-1, 4)), w0), (-1, 20, 4)), m)
+    y = masked.conv1d(h, g.variable("w", shape=(3, 4, 4)))
+    rng = np.random.default_rng(6)
+    fd = {"x": rng.normal(size=(4, 20, 4)).astype(np.float32), "mask": np.ones((4, 2), np.float32)}
+    with pytest.raises(JavaError):
+        g.run(fd, y.value)
+    with pytest.raises(JavaError):
+        g.gradients(fd, ops.sum(y.value), [w0])
+    fd["mask"] = np.ones((4, 20), np.float32)  # consistent: runs
+    assert g.run(fd, y.value).shape == (4, 20, 4)
 
 
 def test_conv1d_validates_arguments():

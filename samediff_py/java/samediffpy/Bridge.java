@@ -359,13 +359,17 @@ public final class Bridge {
      * attention op, on otherwise; called before every run. That op's backward runs ~3x slower with oneDNN (in the
      * MLM demo's raw-op variants: 53 vs 16 ms per step; it issues many tiny matmuls, each set up anew), while
      * every other graph measured runs faster with it (matmul, softmax: the base MLM encoder's step 1.2x). The
-     * switch is JVM-wide, hence set per run; builds without helpers ignore it.
+     * switch is JVM-wide, hence set per run; builds without helpers ignore it; {@link #HELPERS} false keeps
+     * them off everywhere (the user's choice, e.g. to compare with a build without oneDNN).
      */
     public static void useHelpersFor(SameDiff sd) {
-        boolean allow = !holdsOp(sd, "multi_head_dot_product_attention");
+        boolean allow = HELPERS && !holdsOp(sd, "multi_head_dot_product_attention");
         Environment env = Nd4j.getEnvironment();
         if (env.helpersAllowed() != allow) env.allowHelpers(allow);
     }
+
+    /** {@code -Dsamediffpy.helpers=false} (SAMEDIFF_PY_HELPERS=0): libnd4j's helpers off for every graph. */
+    static final boolean HELPERS = !"false".equals(System.getProperty("samediffpy.helpers", "true"));
 
     static boolean holdsOp(SameDiff sd, String opName) {
         for (SameDiffOp op : sd.getOps().values()) {

@@ -116,7 +116,8 @@ public final class FixedOps {
             if (jaxis != 0 || args().length != 2) return super.doDiff(grads);
             long[] ia = iArgs();
             if (ia.length >= 3 && ia[1] == SHIFTED && ia.length == 3 + ia[2]) {
-                return Arrays.asList(shiftedTableGradient(sameDiff, arg(1), grads.get(0), Arrays.copyOfRange(ia, 3, ia.length)));
+                long[] offsets = Arrays.copyOfRange(ia, 3, ia.length);
+                return Arrays.asList(shiftedTableGradient(sameDiff, arg(0), arg(1), grads.get(0), offsets));
             }
             SameDiff sd = sameDiff;
             SDVariable table = arg(0);
@@ -146,25 +147,31 @@ public final class FixedOps {
      * inverse index {@code [n + 1, k]}, then a sum over k (none for k = 1; for k = 1 and offset 0 the inverse
      * index is {@code ids} itself).
      */
-    static SDVariable[] shiftedTableGradient(SameDiff sd, SDVariable ids, SDVariable g, long[] offsets) {
+    static SDVariable[] shiftedTableGradient(SameDiff sd, SDVariable table, SDVariable ids, SDVariable g,
+                                             long[] offsets) {
         int k = offsets.length;
         DataType it = ids.dataType();
-        SDVariable m = sd.castTo(sd.sizeAt(ids, 0), it);                                     // n * k
+        // n from the TABLE (its rows but the filler), and ids reshaped to [n, k]: ids of any other length fail
+        // here with an error instead of indexing past the upstream rows (reading and writing out of bounds)
+        SDVariable nLong = sd.castTo(sd.sizeAt(table, 0), DataType.LONG).sub(1);
+        SDVariable nk = sd.concat(0, sd.reshape(nLong, 1), sd.constant(Nd4j.createFromArray(new long[]{k})));
+        SDVariable ids2 = sd.reshape(ids, nk);                                                   // [n, k]
+        SDVariable m = sd.castTo(nLong.mul(k), it);                                              // n * k
         SDVariable inv;
         if (k == 1 && offsets[0] == 0) {
-            inv = ids;
+            inv = sd.reshape(ids2, -1);
         } else {
             long[] taps = new long[k];
             for (int j = 0; j < k; j++) taps[j] = j;
             SDVariable kk = sd.constant(Nd4j.scalar(it, k));
             SDVariable one = sd.constant(Nd4j.scalar(it, 1));
-            SDVariable n = m.div(kk);
+            SDVariable n = sd.castTo(nLong, it);
             SDVariable r = sd.expandDims(sd.range(sd.constant(Nd4j.scalar(it, 0)), n, one, it), 1);  // [n, 1]
             SDVariable o = sd.constant(Nd4j.createFromArray(offsets).castTo(it).reshape(1, k));
             SDVariable q = r.sub(o).mul(kk).add(sd.constant(Nd4j.createFromArray(taps).castTo(it).reshape(1, k)));
             // tap j of position p read a real row iff ids[p*k + j] != n; row r = p + o_j was read by tap j iff
             // that holds at p = r - o_j: column j shifted by o_j (zero-padded: positions outside the table)
-            SDVariable valid = sd.castTo(sd.neq(sd.reshape(ids, -1, k), n), DataType.FLOAT);   // [n, k]
+            SDVariable valid = sd.castTo(sd.neq(ids2, n), DataType.FLOAT);                        // [n, k]
             long pad = 0;
             for (long off : offsets) pad = Math.max(pad, Math.abs(off));
             SDVariable vp = sd.nn().pad(valid, sd.constant(Nd4j.createFromArray(new long[][]{{pad, pad}, {0, 0}})), 0.0);

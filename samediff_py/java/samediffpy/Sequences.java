@@ -372,13 +372,19 @@ public final class Sequences {
 
     /**
      * {@link #gatherRows} for an index of known structure, whose gradient is then a gather, not a scatter-add
-     * ({@link FixedOps.FixedGather}): {@code offsets} of length k, {@code index[p*k + j]} is {@code p + offsets[j]}
-     * or the filler row {@code rows} (k = 1, offset 0: {@link #maskRowIndex}; k taps: {@link #convTapIndex}).
+     * ({@link FixedOps.FixedGather}): with {@code n} the rows of {@code flat} and k the length of {@code offsets},
+     * {@code index} has {@code n * k} entries and {@code index[p*k + j]} is {@code p + offsets[j]} or {@code n}
+     * (the filler row); k = 1, offset 0: {@link #maskRowIndex}; k taps: {@link #convTapIndex}. An index of
+     * another length (a value whose batch x time differs from its mask's at run time) fails with an error
+     * (the reshape to {@code [n, k]}) instead of gathering wrong rows.
      */
     public static SDVariable gatherRowsShifted(SameDiff sd, String name, SDVariable flat, SDVariable index,
                                                SDVariable zeroRow, long[] offsets) {
         SDVariable table = sd.concat(0, flat, zeroRow);
-        SDVariable out = new FixedOps.FixedGather(sd, table, index, offsets).outputVariable();
+        SDVariable nk = sd.concat(0, sd.reshape(sd.castTo(sd.sizeAt(flat, 0), DataType.LONG), 1),
+                sd.constant(Nd4j.createFromArray(new long[]{offsets.length})));
+        SDVariable checked = sd.reshape(sd.reshape(index, nk), -1);
+        SDVariable out = new FixedOps.FixedGather(sd, table, checked, offsets).outputVariable();
         return sd.updateVariableNameAndReference(out, name);
     }
 
