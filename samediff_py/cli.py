@@ -118,6 +118,8 @@ def doctor() -> int:
     threads = os.environ.get("SAMEDIFF_PY_THREADS") or os.environ.get("OMP_NUM_THREADS") or "1"
     line(None, "memory", f"heap {heap} (SAMEDIFF_PY_HEAP), off-heap {offheap} (SAMEDIFF_PY_OFFHEAP)")
     line(None, "threads", f"{threads} nd4j thread(s) (SAMEDIFF_PY_THREADS) on {os.cpu_count()} CPUs")
+    helpers = "off" if os.environ.get("SAMEDIFF_PY_HELPERS", "1") == "0" else "on, except for M2.1's fused attention op"
+    line(None, "helpers", f"libnd4j platform helpers (oneDNN in -onednn builds) {helpers} (SAMEDIFF_PY_HELPERS)")
     line(None, "machine", f"{platform.machine()} {platform.system()}")
     if problems == 0:
         try:
