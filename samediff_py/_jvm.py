@@ -22,6 +22,11 @@ Options come from the environment:
 - ``SAMEDIFF_PY_HELPERS``: ``0`` switches libnd4j's platform helpers (oneDNN, in the ``-onednn`` builds) off for
   every graph (default ``1``: on, except while a graph holding M2.1's fused attention op runs, whose backward
   is ~3x slower with them).
+- ``SAMEDIFF_PY_GC_SHARE``: the share of wall time spent in paced Java collections (default ``0.02``; ``0``:
+  none). nd4j frees an unclosed array (views, outputs) only when the collector finds it, and the Java heap
+  barely grows, so without them resident memory grew by ~0.4 GB per step at batch 128 x time 256 until the
+  off-heap limit forced a collection. After each pass a collection runs if the time since the last one is at
+  least ``1 / share`` times what that one took.
 - ``SAMEDIFF_PY_THREADS``: OpenMP threads for nd4j's native ops (default: ``OMP_NUM_THREADS`` if set, else 1).
   One thread is the default because the graphs this library targets are many small ops: with 2 threads,
   libnd4j's OpenMP barriers made an MLM training step 3-10x slower whenever the other core was busy
@@ -190,6 +195,20 @@ def _check_java() -> None:
     )
 
 
+def _env_number(name: str, default: float, kind: type) -> Any:
+    """``kind(os.environ[name])``, ``default`` if unset; a clear error naming the variable otherwise."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return kind(default)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} is not a {kind.__name__}") from None
+    if value < 0 and name != "SAMEDIFF_PY_ARRAY_CACHE":  # -1 there: M2.1's own cache
+        raise ValueError(f"environment variable {name}={text!r} must be >= 0")
+    return value
+
+
 @functools.cache
 def _jnius() -> Any:
     """Start the JVM (once) and return the ``jnius`` module."""
@@ -209,8 +228,9 @@ def _jnius() -> Any:
         os.environ["OMP_NUM_THREADS"] = threads
         heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
         offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP") or default_offheap()
-        cache_mb = int(os.environ.get("SAMEDIFF_PY_ARRAY_CACHE", "256"))
-        big = int(os.environ.get("SAMEDIFF_PY_BIG_ARRAY", "0")) if cache_mb >= 0 else 0
+        cache_mb = _env_number("SAMEDIFF_PY_ARRAY_CACHE", 256, int)
+        big = _env_number("SAMEDIFF_PY_BIG_ARRAY", 0, int) if cache_mb >= 0 else 0
+        gc_share = _env_number("SAMEDIFF_PY_GC_SHARE", 0.02, float)
         _set_mmap_threshold(big)
         jnius_config.add_options(
             # -Xrs: the JVM installs no SIGINT/SIGTERM/SIGHUP handlers, so Python's stay in charge: Ctrl-C
@@ -222,6 +242,7 @@ def _jnius() -> Any:
             f"-Dorg.bytedeco.javacpp.maxphysicalbytes={offheap}",
             f"-Dsamediffpy.arrayCacheMB={cache_mb}",
             f"-Dsamediffpy.bigArrayBytes={big}",
+            f"-Dsamediffpy.gcShare={gc_share}",
             f"-Dsamediffpy.helpers={'false' if os.environ.get('SAMEDIFF_PY_HELPERS', '1') == '0' else 'true'}",
             *os.environ.get("SAMEDIFF_PY_JVM_OPTS", "").split(),
         )

@@ -384,6 +384,7 @@ public final class Bridge {
         Map<String, INDArray> res = sd.output(feedMap(feedNames, feeds), outputs);
         INDArray[] out = new INDArray[outputs.length];
         for (int i = 0; i < outputs.length; i++) out[i] = detached(res.get(outputs[i]));
+        SessionMemory.paceCollections();
         return out;
     }
 
@@ -452,6 +453,7 @@ public final class Bridge {
             SDVariable g = sd.getVariable(w).getGradient();
             if (g != null) grads.put(w, res.get(g.name()));
         }
+        SessionMemory.paceCollections();
         return new OutAndGrad(outs, grads);
     }
 

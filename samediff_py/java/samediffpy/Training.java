@@ -396,6 +396,7 @@ public final class Training {
         Bridge.useHelpersFor(s.sd);
         s.recorder.value = Double.NaN;
         s.sd.fit(new MultiDataSet(feats, new INDArray[0]), s.recorder);
+        SessionMemory.paceCollections();
         return s.recorder.value;
     }
 
