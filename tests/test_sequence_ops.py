@@ -111,10 +111,11 @@ def test_conv_stack_is_pad_invariant(side):
 @pytest.mark.parametrize("offsets", [None, [0], [-1, 0, 1], [-4, -2, 0], [0, 3]], ids=str)
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_structured_row_gather_gradient_equals_scatter_add(tmp_path, offsets, side):
-    """The row and tap gathers of the masked ops promise an index structure (``index[p*k + j]`` is
+    """Structured row gathers promise an index structure (``index[p*k + j]`` is
     ``p + offsets[j]`` or the filler row) and get a gradient by one gather of the inverse index instead of
     libnd4j's scatter-add: the same table gradient as numpy's ``np.add.at`` over the index, before and after a
-    save / load (the promise travels in the op's integer arguments). None: a mask's row index."""
+    save / load (the promise travels in the op's integer arguments). None: a mask's row index (what the masked
+    ops use); offsets: a convolution's taps (the general case, built in numpy here)."""
     from samediff_py.masked import rows
 
     rng = np.random.default_rng(4)
@@ -122,20 +123,23 @@ def test_structured_row_gather_gradient_equals_scatter_add(tmp_path, offsets, si
     table = rng.normal(size=(4 * 6, 4))
     flat = g.variable("flat", table)  # SameDiff differentiates graphs with a variable
     m = masked.mask_placeholder(g, "mask", allow_empty_rows=True, padding=side)
+    mask = masked.mask_from_lengths([6, 3, 0, 5], t := 6, side=side)
     if offsets is None:
         offsets, idx = [0], rows.row_index(m)
-    else:  # a convolution's taps: dilation d, `left` steps before each position
-        d = offsets[1] - offsets[0] if len(offsets) > 1 else 1
-        idx = rows.tap_index(m, len(offsets), d, -offsets[0], offsets[-1])
-    k, t, f = len(offsets), 6, 4
+    else:  # taps as a convolution would read them: step p + o if it is a valid step of p's row, else the filler
+        idx = g.placeholder("idx", (None,), np.int32)
+        valid = mask.reshape(-1) > 0
+        fed = [p + o if 0 <= p % t + o < t and valid[p + o] else mask.size for p in range(mask.size) for o in offsets]
+    k, f = len(offsets), 4
     out = rows.gather_rows(flat, idx, offsets=offsets, name="out")
     c = g.placeholder("c", (None, f))
     loss = ops.sum(ops.multiply(out, c), name="loss")
-    mask = masked.mask_from_lengths([6, 3, 0, 5], t, side=side)
     fd = {"mask": mask, "c": rng.normal(size=(4 * t * k, f))}
+    if idx.kind == "placeholder":
+        fd["idx"] = np.array(fed, np.int32)
     ids = g.run(fd, idx)
     n = 4 * t
-    for p in range(n):  # the promise holds for the index the masked ops build
+    for p in range(n):  # the promise holds
         for j, o in enumerate(offsets):
             assert ids[p * k + j] in (p + o, n)
     ref = np.zeros((n + 1, f))

@@ -15,16 +15,15 @@ padding    definition (k = kernel width, d = dilation; zeros outside each row's 
 ``causal`` ``left = (k-1)*d``: ``y[t]`` reads only steps ``<= t``
 =========  ========================================================================================
 
-Weights ``[k, in, out]`` (DL4J's ``conv1d`` layout). Computed as ONE row gather and ONE matrix product: for each
-position the rows of its k taps (a zero row for taps on padding or outside the row) side by side,
-``[positions, k * in] @ [k * in, out]``. The same numbers as DL4J's ``conv1d`` in ``SAME`` / ``CAUSAL`` mode
-(tests/test_sequence_ops.py), with the masking built in and no select. The gather's gradient is one gather
-as well (each input row is read at most once per tap: the inverse index, then a sum over taps) instead of
-libnd4j's scatter-add (~1 us per row). Measured (M2.1, 1 thread, one layer, forward + backward, op time): at
-``[32, 128, 128]`` 27-54 ms vs 91-119 ms for DL4J's ``conv1d`` without any masking (its ``conv1d_bp``
-dominates; before the gather gradient and the oneDNN build); at ``[16, 64, 64]`` about equal (9-10 vs 8-11 ms),
-where SameDiff's per-op cost dominates both. A 3-layer training step at ``[32, 128, 128]``: 80 -> 68 ms with the
-gather gradient (bench/FINDINGS.md). The row and tap indices are built once per mask.
+Weights ``[k, in, out]`` (DL4J's ``conv1d`` layout). Computed as the k taps side by side and ONE matrix product:
+the zeroed input is padded along time, k strided slices (tap j starts ``j*d`` steps later) are concatenated to
+``[batch, time, k * in]``, and ``[positions, k * in] @ [k * in, out]`` gives every position at once. The same
+numbers as DL4J's ``conv1d`` in ``SAME`` / ``CAUSAL`` mode (tests/test_sequence_ops.py), with the masking built
+in. Its gradient is the same ops' own (concat, strided slice, pad backward): no scatter. Measured (M2.1,
+oneDNN build, 1 thread, a 3-layer training step, JIT warm): 51 ms at ``[32, 128, 128]`` and 11 ms at
+``[16, 64, 64]``, against 52-56 and 14.5 ms for the previous formulation (one row gather of every tap, with
+a gather as its gradient); DL4J's own ``conv1d`` is slower than either (its ``conv1d_bp`` dominates;
+bench/FINDINGS.md).
 
 >>> import numpy as np
 >>> from samediff_py import Graph, masked
@@ -41,10 +40,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .. import ops
+from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import flat_rows, gather_rows, mark_zero_padded, record_flat, row_index, tap_index, unflatten
+from .rows import (
+    gather_rows,
+    mark_zero_padded,
+    record_flat,
+    row_index,
+    unflatten,
+    zero_padding,
+)
 from .value import Masked, require_masked
 
 __all__ = ["conv1d"]
@@ -100,9 +106,19 @@ def conv1d(
     with g.scope(stem):
         # every tap of every position, padded steps and steps outside the row reading a zero row: the input's
         # padding is never read, whatever it holds (one gather, no select, no multiplication by the mask)
-        taps = tap_index(x.mask, k, int(dilation), left, total - left)
-        offsets = [j * int(dilation) - left for j in range(k)]
-        cols = ops.reshape(gather_rows(flat_rows(x.value, x.mask), taps, offsets=offsets), (-1, k * c_in))
+        # the input with exact zeros at padded positions (a no-op after another masked conv), its taps side by
+        # side: a valid step next to padding reads zeros there, as the truncated row reads the zero padding
+        xz = zero_padding(x.value, x.mask)
+        spec = (k, int(dilation), left, total - left)
+        wide = g.op(
+            "taps",
+            None,
+            lambda n: _jvm.jclass("samediffpy.Sequences").convColumns(g.sd, n, xz.j, *spec),
+            (xz.shape[0], xz.shape[1], k * c_in),
+            xz.dtype,
+            (xz,),
+        )
+        cols = ops.reshape(wide, (-1, k * c_in))
         y = ops.matmul(cols, ops.reshape(w, (k * c_in, c_out)))  # [B*T, out]
         if b is not None:
             y = ops.add(y, b)
@@ -110,5 +126,4 @@ def conv1d(
             y = activation(y)
         flat = gather_rows(y, row_index(x.mask), offsets=[0])  # exactly 0 at padded positions
     out = unflatten(flat, x.mask, (c_out,), name=stem)
-    # the next masked conv reads y's rows directly (its taps never read padded rows)
     return Masked.derived(mark_zero_padded(record_flat(out, x.mask, y), x.mask), x.mask)

@@ -11,7 +11,7 @@ libnd4j's elementwise ``select`` reads and writes element by element: at ``[32, 
 39 ms forward (100 ms forward + backward) where the row gather takes 2.3 ms (38 ms with the scatter-add backward
 of a plain gather, ~3 ms with the gather backward); bench/FINDINGS.md.
 This module also records which values are already zero at padding (zeroing them again is skipped) and lets a
-convolution stack pass rows from layer to layer.
+masked layer pass its rows to the next.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from ..graph import Var
 
 __all__ = ["mask_rows", "zero_padding"]
 
-# Per mask Var: its row index, and tap indices per kernel config (built once per mask)
+# Per mask Var: its row index (built once per mask)
 _INDEX: weakref.WeakKeyDictionary[Var, Var] = weakref.WeakKeyDictionary()
-_TAPS: weakref.WeakKeyDictionary[Var, dict[tuple[int, int, int, int], Var]] = weakref.WeakKeyDictionary()
 # Var -> the mask whose padded positions it holds as exact 0
 _ZERO: weakref.WeakKeyDictionary[Var, weakref.ref] = weakref.WeakKeyDictionary()
 # [batch, time, F...] Var -> (mask, [batch*time, prod(F)] Var with the same rows at the mask's VALID positions)
@@ -57,29 +56,6 @@ def row_index(mask: Var) -> Var:
     return idx
 
 
-def tap_index(mask: Var, k: int, dilation: int, left: int, right: int) -> Var:
-    """The rows a masked 1-d convolution reads (see ``Sequences.convTapIndex``); built once per mask and config.
-
-    Args:
-        mask: ``[batch, time]`` float mask (1 = valid).
-        k: kernel width.
-        dilation: spacing between taps.
-        left: steps of window before each position.
-        right: steps of window after each position.
-
-    Returns:
-        ``[batch * time * k]`` int32 Var.
-    """
-    cache = _TAPS.setdefault(mask, {})
-    key = (int(k), int(dilation), int(left), int(right))
-    if key not in cache:
-        g = mask.graph
-        cache[key] = g.op(
-            "conv_tap_index", None, lambda n: _seq().convTapIndex(g.sd, n, mask.j, *key), (None,), np.int32, (mask,)
-        )
-    return cache[key]
-
-
 def gather_rows(
     flat: Var, index: Var, name: str | None = None, fill: float = 0.0, offsets: Sequence[int] | None = None
 ) -> Var:
@@ -91,7 +67,7 @@ def gather_rows(
         name: optional name of the output node.
         fill: the filler row's value.
         offsets: the caller's promise about ``index`` (``k = len(offsets)``, ``m = n * k``): ``index[p*k + j]``
-            is ``p + offsets[j]`` or ``n``, as :func:`row_index` (``[0]``) and :func:`tap_index` build it. Each row
+            is ``p + offsets[j]`` or ``n``, as :func:`row_index` builds it (``[0]``). Each row
             is then read at most once per ``j``, and the gradient is a gather by the inverse index instead of
             libnd4j's scatter-add (~1 us per row). None: any index.
 

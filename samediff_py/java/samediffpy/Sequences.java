@@ -333,35 +333,6 @@ public final class Sequences {
         return sd.updateVariableNameAndReference(pos.mul(m).add(count.mul(m.rsub(1))), name);
     }
 
-    /**
-     * The tap index of a masked 1-d convolution ({@code [B*T*k]} int) for {@link #gatherRows}: for position
-     * {@code (b, t)} and tap {@code j}, the row {@code b*T + s} of step {@code s = t + j*d - left} if that step
-     * lies in the sequence and is valid, else {@code B*T} (the zero row). Padded steps are thereby never read:
-     * a valid step next to padding sees zeros, exactly as the row alone, truncated, sees the convolution's own
-     * zero padding. mask {@code [B, T]} float 0/1.
-     */
-    public static SDVariable convTapIndex(SameDiff sd, String name, SDVariable mask, int k, int dilation, int left,
-                                          int right) {
-        SDVariable b = sd.castTo(sd.sizeAt(mask, 0), DataType.INT);
-        SDVariable t = sd.castTo(sd.sizeAt(mask, 1), DataType.INT);
-        SDVariable n = b.mul(t);
-        SDVariable zero = sd.constant(Nd4j.scalar(DataType.INT, 0));
-        SDVariable one = sd.constant(Nd4j.scalar(DataType.INT, 1));
-        SDVariable rowStart = sd.expandDims(sd.range(zero, n, t, DataType.INT), 1);       // [B, 1]: b*T
-        SDVariable steps = sd.expandDims(sd.range(zero, t, one, DataType.INT), 0);        // [1, T]
-        SDVariable base = rowStart.add(steps);                                             // [B, T]: b*T + t
-        SDVariable mp = sd.nn().pad(mask, sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {left, right}})), 0.0);
-        SDVariable size = sd.concat(0, sd.constant(Nd4j.createFromArray(new int[]{-1})), sd.reshape(t, 1));
-        SDVariable[] taps = new SDVariable[k];
-        for (int j = 0; j < k; j++) {
-            SDVariable ms = sd.castTo(sd.slice(mp, sd.constant(Nd4j.createFromArray(new int[]{0, j * dilation})),
-                    size), DataType.INT);                                                  // valid(t + j*d - left)
-            SDVariable rid = base.add(j * dilation - left);
-            taps[j] = rid.mul(ms).add(n.mul(ms.rsub(1)));
-        }
-        return sd.reshape(name, sd.stack(2, taps), -1);                                    // [B*T*k]
-    }
-
     /** {@code [rows of flat; one zero row][index]}: rows by index, {@code index == rows} reading zeros. */
     public static SDVariable gatherRows(SameDiff sd, String name, SDVariable flat, SDVariable index,
                                         SDVariable zeroRow) {
@@ -374,7 +345,7 @@ public final class Sequences {
      * {@link #gatherRows} for an index of known structure, whose gradient is then a gather, not a scatter-add
      * ({@link FixedOps.FixedGather}): with {@code n} the rows of {@code flat} and k the length of {@code offsets},
      * {@code index} has {@code n * k} entries and {@code index[p*k + j]} is {@code p + offsets[j]} or {@code n}
-     * (the filler row); k = 1, offset 0: {@link #maskRowIndex}; k taps: {@link #convTapIndex}. An index of
+     * (the filler row); k = 1, offset 0: {@link #maskRowIndex}. An index of
      * another length (a value whose batch x time differs from its mask's at run time) fails with an error
      * (the reshape to {@code [n, k]}) instead of gathering wrong rows.
      */
@@ -398,8 +369,30 @@ public final class Sequences {
     // ======================================================================================== conv1d
 
     /**
+     * The k taps of a stride-1 convolution side by side: {@code x [B, T, C] -> [B, T, k*C]}, column block j
+     * holding step {@code t + j*d - left} (zeros before the start and past the end). One pad, k strided slices
+     * (their ends relative to the padded end, so no run-time size is needed) and one concat; the gradient is
+     * the same ops' own (concat_bp, strided_slice_bp, pad's slice), with no scatter.
+     */
+    public static SDVariable convColumns(SameDiff sd, String name, SDVariable x, int k, int dilation, int left,
+                                         int right) {
+        int total = left + right;
+        SDVariable xp = total == 0 ? x
+                : sd.nn().pad(x, sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {left, right}, {0, 0}})), 0.0);
+        if (k == 1) return sd.identity(name, xp);
+        SDVariable[] taps = new SDVariable[k];
+        for (int j = 0; j < k; j++) {
+            long b = (long) j * dilation;
+            long e = b - total;  // <= 0: relative to the padded end (0: up to it, via the end mask)
+            taps[j] = sd.stridedSlice(xp, new long[]{0, b, 0}, new long[]{0, e, 0}, new long[]{1, 1, 1},
+                    0b101, e == 0 ? 0b111 : 0b101, 0, 0, 0);
+        }
+        return sd.concat(name, 2, taps);
+    }
+
+    /**
      * DL4J's conv1d over {@code [B, T, C]} (NWC), weights {@code [k, C, oC]}, bias {@code [oC]} or null, stride 1
-     * (for the tests: masked.conv1d computes the same as a tap gather + matmul; conv1d_bp is slow in M2.1).
+     * (for the tests: masked.conv1d computes the same from its taps side by side; conv1d_bp is slow in M2.1).
      * paddingMode: 0 VALID, 1 SAME (TF convention: extra pad on the right), 2 CAUSAL (left pad (k-1)*d).
      */
     public static SDVariable conv1d(SameDiff sd, String name, SDVariable x, SDVariable w, SDVariable b, long k,
