@@ -37,11 +37,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import steps  # noqa: E402
 
 from samediff_py import Graph, masked, ops, train  # noqa: E402
 from samediff_py.masked import Masked  # noqa: E402
 
-FULL = {"batch": 32, "time": 128, "width": 128, "hidden": 128, "out": 8, "rounds": 4, "steps": 3, "warmup": 2}
+# warm-up: at least "warmup" steps and "warm_s" seconds per case (common.steps)
+FULL = {"batch": 32, "time": 128, "width": 128, "hidden": 128, "out": 8, "rounds": 4, "steps": 3, "warmup": 2,
+        "warm_s": 3.0}  # fmt: skip
 SMALL = {"batch": 16, "time": 64, "width": 64, "hidden": 128, "out": 8, "rounds": 5, "steps": 5, "warmup": 3}
 QUICK = {"batch": 4, "time": 16, "width": 8, "hidden": 8, "out": 2, "rounds": 2, "steps": 2, "warmup": 1}
 
@@ -124,11 +129,13 @@ def main(quick: bool = False, torch: bool = True, size: str = "full") -> dict:
         np.savez(data, **feeds)
         worker = TorchWorker(tpy, cfg, data) if tpy else None
         try:
-            for c in cases:  # warm-up: gradient functions, first-shape work, PyTorch's allocator
-                for _ in range(cfg["warmup"]):
+            for c in cases:  # warm-up: gradient functions, first-shape work, the JIT, PyTorch's allocator
+                n = 0
+                for _ in steps(cfg["warmup"], 0, cfg.get("warm_s", 0.0)):
                     sd[c][1].step(feeds)
+                    n += 1
                 if worker:
-                    worker.steps(twin[c], cfg["warmup"])
+                    worker.steps(twin[c], n)
             for _ in range(cfg["rounds"]):
                 for c in cases:
                     trainer = sd[c][1]

@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import steps  # noqa: E402
+
 BERT = {"batch": 16, "time": 128, "width": 256, "heads": 4, "vocab": 30522, "d_ff": 1024, "layers": 2}
 BASE = {"batch": 32, "time": 128, "width": 128, "heads": 4, "vocab": 1000, "d_ff": 512, "layers": 1}
 QUICK = {"batch": 4, "time": 16, "width": 32, "heads": 4, "vocab": 500, "d_ff": 64, "layers": 1}
@@ -50,6 +52,10 @@ def torch_python() -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------- workers
+# seconds of warm-up / of measured steps at least, on both sides (common.steps: small steps need the JIT warm)
+WARM_S, MIN_S = 3.0, 2.0
+
+
 def _onehot_loss(logits, labels, ignore: int):
     """The cross-entropy as it was before issue 10: log-softmax times a dense one-hot (bench reference)."""
     from samediff_py import ops
@@ -148,7 +154,7 @@ def sd_worker(cfg: dict, warm: int, repeat: int) -> dict:
         batches = [bench_models.make_batch(rng, cfg["batch"], cfg["time"], cfg["vocab"]) for _ in range(2)]
         trainer = train.Trainer(g, loss, "adam", lr=1e-3)
     tt, ti, losses = [], [], []
-    for i in range(warm + repeat):
+    for i in steps(warm, repeat, WARM_S, MIN_S):
         fd = batches[i % len(batches)]
         t0 = time.perf_counter()
         losses.append(trainer.step(fd))
@@ -156,7 +162,7 @@ def sd_worker(cfg: dict, warm: int, repeat: int) -> dict:
         if logits is not None and cfg.get("infer", True):
             g.run(fd, logits.value)
         t2 = time.perf_counter()
-        if i >= warm:
+        if i >= 0:
             tt.append((t1 - t0) * 1e3)
             ti.append((t2 - t1) * 1e3)
     out = {
@@ -179,7 +185,7 @@ def run_one(kind: str, cfg: dict, warm: int, repeat: int, torch_py: Path | None)
     else:
         if torch_py is None:
             return {"error": "PyTorch not available"}
-        spec = {"configs": [cfg], "warm": warm, "repeat": repeat, "threads": 1}
+        spec = {"configs": [cfg], "warm": warm, "repeat": repeat, "threads": 1, "warm_s": WARM_S, "min_s": MIN_S}
         args = [str(torch_py), str(ROOT / "bench/torch_model.py"), json.dumps(spec)]
     res = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
     if res.returncode != 0:

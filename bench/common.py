@@ -8,6 +8,26 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
+def steps(warm: int, repeat: int, warm_s: float = 0.0, min_s: float = 0.0, most: int = 400):
+    """Step indices: negative while warming up (at least ``warm`` steps and ``warm_s`` seconds), then
+    0, 1, ... while measuring (at least ``repeat`` steps and ``min_s`` seconds, at most ``most``).
+
+    A count alone under-warms small steps: at batch 8 x time 32 a samediff_py step takes ~25 ms once the
+    JVM's JIT has compiled SameDiff's session code, ~35 ms over the first few. The PyTorch twins use the
+    same rule.
+    """
+    t0 = time.perf_counter()
+    i = 0
+    while i < warm or time.perf_counter() - t0 < warm_s:
+        yield i - 10**9
+        i += 1
+    t0 = time.perf_counter()
+    n = 0
+    while n < repeat or (time.perf_counter() - t0 < min_s and n < most):
+        yield n
+        n += 1
+
+
 def interleaved_medians(
     cases: Mapping[str, Callable[[], Any]],
     repeat: int,

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from common import steps
 from torch import nn
 from torch.nn import functional as F
 
@@ -82,14 +83,14 @@ def batch(rng, b: int, t: int, vocab: int):
     return tokens, labels, torch.ones(b, t)
 
 
-def measure(cfg: dict, warm: int, repeat: int) -> dict:
+def measure(cfg: dict, warm: int, repeat: int, warm_s: float = 0.0, min_s: float = 0.0) -> dict:
     torch.manual_seed(0)
     m = Encoder(cfg["vocab"], cfg["width"], cfg["heads"], cfg["d_ff"], cfg["layers"], max(cfg["time"], 256))
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     data = [batch(rng, cfg["batch"], cfg["time"], cfg["vocab"]) for _ in range(4)]
     tt, ti = [], []
-    for i in range(warm + repeat):
+    for i in steps(warm, repeat, warm_s, min_s):
         tokens, labels, mask = data[i % len(data)]
         t0 = time.perf_counter()
         m.train()
@@ -102,7 +103,7 @@ def measure(cfg: dict, warm: int, repeat: int) -> dict:
         with torch.inference_mode():
             m(tokens, mask)
         t2 = time.perf_counter()
-        if i >= warm:
+        if i >= 0:
             tt.append(t1 - t0)
             ti.append(t2 - t1)
     return {
@@ -118,7 +119,8 @@ def measure(cfg: dict, warm: int, repeat: int) -> dict:
 def main() -> None:
     arg = json.loads(sys.argv[1])
     torch.set_num_threads(int(arg["threads"]))
-    out = [measure(c, arg["warm"], arg["repeat"]) for c in arg["configs"]]
+    timing = (arg["warm"], arg["repeat"], arg.get("warm_s", 0.0), arg.get("min_s", 0.0))
+    out = [measure(c, *timing) for c in arg["configs"]]
     meta = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for o in out:
         o.update(meta)
