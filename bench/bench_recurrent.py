@@ -9,7 +9,7 @@ same architecture on the same right-padded batch (lengths uniform in ``[time / 2
   ``pack_padded_sequence``; masked mean over time, a linear head, mean squared error;
 - **lstm_lengths**: the same with ``method="lengths"`` (the op's own sequence-length input), timed against the same
   PyTorch LSTM;
-- **conv**: three ``masked.conv1d`` (kernel 3, 'same', ReLU; a tap gather + a matmul each) vs three
+- **conv**: three ``masked.conv1d`` (kernel 3, 'same', ReLU; taps side by side + a matmul each) vs three
   ``nn.Conv1d`` on ``x * mask``; masked mean over time, a linear head, mean squared error.
 
 A samediff_py step is ``Trainer.step`` (feeds checked, forward, gradients, finiteness check, Adam update).

@@ -22,11 +22,12 @@ Options come from the environment:
 - ``SAMEDIFF_PY_HELPERS``: ``0`` switches libnd4j's platform helpers (oneDNN, in the ``-onednn`` builds) off for
   every graph (default ``1``: on, except while a graph holding M2.1's fused attention op runs, whose backward
   is ~3x slower with them).
-- ``SAMEDIFF_PY_GC_SHARE``: the share of wall time spent in paced Java collections (default ``0.02``; ``0``:
-  none). nd4j frees an unclosed array (views, outputs) only when the collector finds it, and the Java heap
-  barely grows, so without them resident memory grew by ~0.4 GB per step at batch 128 x time 256 until the
-  off-heap limit forced a collection. After each pass a collection runs if the time since the last one is at
-  least ``1 / share`` times what that one took.
+- ``SAMEDIFF_PY_GC_SHARE``: the share of working time spent in paced Java collections (between 0 and 1, default
+  ``0.02``; ``0``: none). nd4j frees an unclosed array (views, outputs) only when the collector finds it, and
+  the Java heap barely grows, so without them resident memory grew by ~0.4 GB per step at batch 128 x time 256
+  until the off-heap limit forced a collection. After each pass and before each session allocation, a
+  collection runs once the work since the last one (idle gaps of 1 s or more excluded) is at least
+  ``1 / share`` times what that one took (``SessionMemory.paceCollections``).
 - ``SAMEDIFF_PY_THREADS``: OpenMP threads for nd4j's native ops (default: ``OMP_NUM_THREADS`` if set, else 1).
   One thread is the default because the graphs this library targets are many small ops: with 2 threads,
   libnd4j's OpenMP barriers made an MLM training step 3-10x slower whenever the other core was busy
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import shutil
 import sys
@@ -204,8 +206,10 @@ def _env_number(name: str, default: float, kind: type) -> Any:
         value = kind(text)
     except ValueError:
         raise ValueError(f"environment variable {name}={text!r} is not a {kind.__name__}") from None
-    if value < 0 and name != "SAMEDIFF_PY_ARRAY_CACHE":  # -1 there: M2.1's own cache
-        raise ValueError(f"environment variable {name}={text!r} must be >= 0")
+    low = -1 if name == "SAMEDIFF_PY_ARRAY_CACHE" else 0  # -1 there: M2.1's own cache
+    if not (low <= value < math.inf) or (kind is float and value > 1):
+        bounds = "between 0 and 1" if kind is float else f"an integer >= {low}"
+        raise ValueError(f"environment variable {name}={text!r} must be {bounds}")
     return value
 
 

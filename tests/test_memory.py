@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 # 40 passes over a 16 MB feed whose graph reshapes and transposes (views) between ops
 LEAKY_LOOP = """
 import numpy as np
@@ -49,10 +51,43 @@ def test_paced_collections_keep_resident_memory_flat():
     assert grown_on < grown_off / 3, (grown_on, grown_off)
 
 
-def test_gc_share_must_be_a_number():
+IDLE_THEN_BUSY = """
+import time
+import numpy as np
+from samediff_py import Graph, ops, _jvm
+g = Graph()
+x = g.placeholder("x", (None, 8))
+y = ops.sum(ops.transpose(ops.reshape(x, (8, -1))))
+feed = {"x": np.ones((64, 8), np.float32)}
+count = _jvm.jclass("samediffpy.SessionMemory").pacedCollections
+g.run(feed, y)
+for _ in range(3):  # 3.6 s of idling between tiny calls: not work
+    time.sleep(1.2)
+    g.run(feed, y)
+idle = count()
+t0 = time.perf_counter()
+while time.perf_counter() - t0 < 3.0:  # 3 s of work
+    g.run(feed, y)
+print(idle, count())
+"""
+
+
+def test_idle_time_does_not_pace_collections():
+    """Collections are paced by working time: a process that idles between requests (a server) does not pay
+    a collection on the first call after each pause, and one that works does get them."""
+    env = {**os.environ, "SAMEDIFF_PY_GC_SHARE": "0.01"}  # one per ~100x the last collection's time of work
+    out = subprocess.run([sys.executable, "-c", IDLE_THEN_BUSY], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    after_idle, after_work = (int(v) for v in out.stdout.split()[-2:])
+    assert after_idle == 0, "collections were paced by idle time"
+    assert after_work >= 1, "3 s of work paced no collection"
+
+
+@pytest.mark.parametrize("value", ["often", "nan", "inf", "5", "-0.1"])
+def test_gc_share_must_be_a_share(value):
     """A malformed SAMEDIFF_PY_GC_SHARE fails before the JVM starts, naming the variable."""
-    env = {**os.environ, "SAMEDIFF_PY_GC_SHARE": "often"}
+    env = {**os.environ, "SAMEDIFF_PY_GC_SHARE": value}
     code = "from samediff_py import Graph; Graph()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode != 0
-    assert "SAMEDIFF_PY_GC_SHARE" in out.stderr
+    assert f"SAMEDIFF_PY_GC_SHARE={value!r}" in out.stderr

@@ -472,8 +472,8 @@ def test_mask_rows_equals_select(shape, dtype, fill):
 
 @pytest.mark.parametrize("pad, k, d", [("same", 3, 1), ("same", 4, 2), ("causal", 2, 3)])
 def test_masked_conv1d_equals_dl4j_conv1d_on_full_rows(pad, k, d):
-    """masked.conv1d computes DL4J's conv1d (SAME / CAUSAL) as one tap gather and one matmul (M2.1's conv1d_bp
-    is 2-3x slower at [32, 128, 128]): on rows without padding, the library op's values and gradients."""
+    """masked.conv1d computes DL4J's conv1d (SAME / CAUSAL) from its taps side by side and one matmul (M2.1's
+    conv1d_bp is 2-3x slower at [32, 128, 128]): on rows without padding, the library op's values and gradients."""
     seq = _jvm.jclass("samediffpy.Sequences")
     g = Graph(seed=18, dtype=np.float64)
     x = g.placeholder("x", ("batch", "time", C))

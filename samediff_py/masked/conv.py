@@ -2,10 +2,11 @@
 
 A valid position next to padding must see exactly what it would see in the row alone, truncated, where the
 convolution's own zero padding lies past the row's ends. So the input's padded positions are set to exactly zero
-before the convolution (whatever they held: NaN, inf, a previous layer's output there; a select, never a
+before the convolution (whatever they held: NaN, inf; a row gather that reads a zero row there, never a
 multiplication by the mask), and the output's padded positions after it. Both right and left padding are then
-pad-invariant, for ``"same"`` and ``"causal"`` padding and any dilation (a stack of layers too: each one zeroes
-its input again). Stride > 1 is not offered: left padding would shift the stride phase.
+pad-invariant, for ``"same"`` and ``"causal"`` padding and any dilation (a stack of layers too: each layer's
+output is already zero at padding, so the next one reads it as it is). Stride > 1 is not offered: left
+padding would shift the stride phase.
 
 =========  ========================================================================================
 padding    definition (k = kernel width, d = dilation; zeros outside each row's valid steps)
@@ -104,8 +105,6 @@ def conv1d(
     total = (k - 1) * int(dilation)
     left = total if padding == "causal" else total // 2
     with g.scope(stem):
-        # every tap of every position, padded steps and steps outside the row reading a zero row: the input's
-        # padding is never read, whatever it holds (one gather, no select, no multiplication by the mask)
         # the input with exact zeros at padded positions (a no-op after another masked conv), its taps side by
         # side: a valid step next to padding reads zeros there, as the truncated row reads the zero padding
         xz = zero_padding(x.value, x.mask)

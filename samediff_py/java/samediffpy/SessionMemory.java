@@ -130,17 +130,38 @@ public final class SessionMemory {
         }
     }
 
-    /** Share of wall time the paced collections may take ({@code -Dsamediffpy.gcShare}; 0: never). */
-    static final double GC_SHARE = Double.parseDouble(System.getProperty("samediffpy.gcShare", "0.02"));
-    private static volatile long lastGcEnd = System.nanoTime();
+    /** Share of busy time the paced collections may take ({@code -Dsamediffpy.gcShare}; 0: never). */
+    static final double GC_SHARE = gcShare(System.getProperty("samediffpy.gcShare", "0.02"));
+    /**
+     * A gap this long between two calls is idle time (the process waits for requests), not work; shorter gaps
+     * include single ops (a big backward matmul takes ~100 ms), so the bound is generous.
+     */
+    static final long IDLE_NANOS = 1_000_000_000L;
+    private static final Object PACE = new Object();
+    private static final java.util.concurrent.atomic.AtomicBoolean COLLECTING =
+            new java.util.concurrent.atomic.AtomicBoolean();
+    private static long lastCall = System.nanoTime();  // guarded by PACE
+    private static long busyNanos = 0;                  // guarded by PACE: work since the last collection
     private static volatile long lastGcNanos = 20_000_000L;  // a guess until the first collection is timed
-    private static volatile long collections = 0;
+    private static final java.util.concurrent.atomic.AtomicLong COLLECTIONS = new java.util.concurrent.atomic.AtomicLong();
+
+    static double gcShare(String text) {
+        try {
+            double v = Double.parseDouble(text);
+            return Double.isFinite(v) && v >= 0 && v <= 1 ? v : 0.02;
+        } catch (NumberFormatException e) {
+            return 0.02;  // samediff_py validates SAMEDIFF_PY_GC_SHARE before the JVM starts; -D typos get the default
+        }
+    }
 
     /**
      * Called after every graph pass (inference, gradients, training step) and before each allocation of a
-     * session samediff_py made (sessions of {@code sd.fit} excepted): a collection when the time since
-     * the last one is at least {@code 1 / share} times what that one took, so they cost at most {@code share}
-     * of the wall time.
+     * session samediff_py made (sessions of {@code sd.fit}, and all sessions with {@code SAMEDIFF_PY_ARRAY_CACHE=-1},
+     * only after their pass): a collection once the work since the last one is at least {@code 1 / share} times
+     * what that one took, so collections cost at most {@code share} of the time spent working. Work is the time
+     * between consecutive calls, gaps of {@link #IDLE_NANOS} or more excepted: a process that idles between
+     * requests does not pay a collection on the first call after the pause. One thread collects; others that
+     * find a collection due meanwhile go on.
      *
      * <p>Why: nd4j frees an array's memory when it is closed or when the collector finds its Java object
      * unreachable. Sessions close what they release, but views (reshape, permute...), the buffers they share,
@@ -149,21 +170,33 @@ public final class SessionMemory {
      * batch 128 x time 256, up to javacpp's off-heap limit (half the RAM), and fresh memory made steps slower.
      */
     public static void paceCollections() {
-        if (GC_SHARE <= 0 || (System.nanoTime() - lastGcEnd) * GC_SHARE < lastGcNanos) return;
-        synchronized (SessionMemory.class) {
+        if (GC_SHARE <= 0) return;
+        synchronized (PACE) {
             long now = System.nanoTime();
-            if ((now - lastGcEnd) * GC_SHARE < lastGcNanos) return;
+            long gap = now - lastCall;
+            lastCall = now;
+            if (gap < IDLE_NANOS) busyNanos += gap;
+            if (busyNanos * GC_SHARE < lastGcNanos) return;
+            busyNanos = 0;
+        }
+        if (!COLLECTING.compareAndSet(false, true)) return;
+        try {
+            long t0 = System.nanoTime();
             System.gc();
-            long end = System.nanoTime();
-            lastGcNanos = Math.max(end - now, 1_000_000L);
-            lastGcEnd = end;
-            collections++;
+            long t1 = System.nanoTime();
+            lastGcNanos = Math.max(t1 - t0, 1_000_000L);
+            COLLECTIONS.incrementAndGet();
+            synchronized (PACE) {
+                lastCall = t1;  // the collection itself is not work
+            }
+        } finally {
+            COLLECTING.set(false);
         }
     }
 
     /** Paced collections made so far (tests). */
     public static long pacedCollections() {
-        return collections;
+        return COLLECTIONS.get();
     }
 
     /** Allocates fresh arrays and closes each released one at once (no reuse cache). */
