@@ -435,8 +435,8 @@ for _ in range(8):
     ids = rng.integers(0, 50, (64, 32)).astype(np.int32)
     lab = np.where(rng.random((64, 32)) < 0.15, ids, -1).astype(np.int32)
     batches.append({"tokens": ids, "labels": lab, "mask": np.ones((64, 32), np.float32)})
-for k in range(5):  # 5 x 400 steps
-    for i in range(400):
+for k in range(40):  # 40 x 50 steps
+    for i in range(50):
         t.step(batches[i % 8])
     print(rss(), flush=True)
 """
@@ -454,9 +454,12 @@ def test_embedding_training_does_not_leak_native_memory():
     env = {**os.environ, "SAMEDIFF_PY_HEAP": "256m", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", SOAK_EMBEDDING], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    rss = [float(x) for x in out.stdout.split()]
-    # the leak added ~0.5 MB per step: 600 MB over the last 1200 steps; allocator drift stays far below 50 MB
-    assert rss[-1] - rss[-4] < 50, f"resident memory still growing: {[round(r) for r in rss]} MB"
+    rss = np.array([float(x) for x in out.stdout.split()])
+    # RSS is a sawtooth with steps of up to ~40 MB (paced collections: tests/test_memory.py), so the medians of
+    # two windows of 750 steps are compared. The leak added ~0.5 MB per step: 375 MB between them; allocator
+    # drift and the sawtooth moved them by 2-15 MB (measured)
+    growth = np.median(rss[25:]) - np.median(rss[10:25])
+    assert growth < 75, f"resident memory still growing ({growth:+.0f} MB in 750 steps): {rss.round()} MB"
 
 
 def test_counted_rows_refuses_value_and_labels_of_different_static_sizes():

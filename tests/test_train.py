@@ -553,9 +553,9 @@ def test_soak_resident_memory_stops_growing():
     print(f"\nsoak: 8000 steps, {8000 / secs:.0f} steps/s; RSS (MB) every 1000 steps: {rss[::10].round()}; "
           f"fitted growth over steps 3000-8000: {growth:+.1f} MB")  # fmt: skip
     # allocators and the JIT settle during the first thousands of steps, and the sawtooth tilts the fit by
-    # up to ~20 MB (measured: -13, +2, +19); a leak of one 64x512 float activation (or its dropout mask) per
-    # step would add 5000 * 128 KiB = 625 MB, so a 50 MB bound separates the two by more than 10x
-    assert growth < 50, f"RSS grows {growth:.0f} MB over steps 3000-8000: {rss.round()}"
+    # up to ~35 MB (measured over 8 runs: -33 to +27); a leak of one 64x512 float activation (or its dropout
+    # mask) per step would add 5000 * 128 KiB = 625 MB, so a 100 MB bound separates the two by 6x
+    assert growth < 100, f"RSS grows {growth:.0f} MB over steps 3000-8000: {rss.round()}"
 
 
 @pytest.mark.parametrize("updater", ["sgd", "adam"])
