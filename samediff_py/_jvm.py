@@ -197,8 +197,8 @@ def _check_java() -> None:
     )
 
 
-def _env_number(name: str, default: float, kind: type) -> Any:
-    """``kind(os.environ[name])``, ``default`` if unset; a clear error naming the variable otherwise."""
+def _env_number(name: str, default: float, kind: type, low: float = 0, high: float = math.inf) -> Any:
+    """``kind(os.environ[name])`` in ``[low, high]`` (finite), ``default`` if unset; else an error naming it."""
     text = os.environ.get(name, "").strip()
     if not text:
         return kind(default)
@@ -206,10 +206,8 @@ def _env_number(name: str, default: float, kind: type) -> Any:
         value = kind(text)
     except ValueError:
         raise ValueError(f"environment variable {name}={text!r} is not a {kind.__name__}") from None
-    low = -1 if name == "SAMEDIFF_PY_ARRAY_CACHE" else 0  # -1 there: M2.1's own cache
-    if not (low <= value < math.inf) or (kind is float and value > 1):
-        bounds = "between 0 and 1" if kind is float else f"an integer >= {low}"
-        raise ValueError(f"environment variable {name}={text!r} must be {bounds}")
+    if not (low <= value <= high and math.isfinite(value)):
+        raise ValueError(f"environment variable {name}={text!r} must lie between {low} and {high}")
     return value
 
 
@@ -232,9 +230,9 @@ def _jnius() -> Any:
         os.environ["OMP_NUM_THREADS"] = threads
         heap = os.environ.get("SAMEDIFF_PY_HEAP", "4g")
         offheap = os.environ.get("SAMEDIFF_PY_OFFHEAP") or default_offheap()
-        cache_mb = _env_number("SAMEDIFF_PY_ARRAY_CACHE", 256, int)
+        cache_mb = _env_number("SAMEDIFF_PY_ARRAY_CACHE", 256, int, low=-1)  # -1: M2.1's own cache
         big = _env_number("SAMEDIFF_PY_BIG_ARRAY", 0, int) if cache_mb >= 0 else 0
-        gc_share = _env_number("SAMEDIFF_PY_GC_SHARE", 0.02, float)
+        gc_share = _env_number("SAMEDIFF_PY_GC_SHARE", 0.02, float, high=1)
         _set_mmap_threshold(big)
         jnius_config.add_options(
             # -Xrs: the JVM installs no SIGINT/SIGTERM/SIGHUP handlers, so Python's stay in charge: Ctrl-C

@@ -98,7 +98,9 @@ public final class FixedOps {
          * A row gather whose index has a known structure: for {@code k = offsets.length}, a table of
          * {@code n + 1} rows and {@code ids} of length {@code n * k}, {@code ids[p*k + j]} is
          * {@code p + offsets[j]} or {@code n} (the filler row), as the masked ops build them (a mask's row index:
-         * k = 1, offset 0; k > 1: e.g. a convolution's taps, tested, no longer used by masked.conv1d). Each table row but the filler is then read at most once per j,
+         * k = 1, offset 0; k > 1: a convolution's taps, which masked.conv1d no longer builds but models saved
+         * with its earlier version hold: kept so they load and train; tested). Each table row but the filler is
+         * then read at most once per j,
          * so the gradient is ONE gather of the upstream rows by the inverse index (and a sum over j) instead of a
          * scatter-add (libnd4j's costs ~1 us per row: 4.5 ms for 4096 rows of 128, 9 ms for a k = 3 tap gather
          * at [32, 128, 128]). The promise travels in the op's integer arguments after the axis
