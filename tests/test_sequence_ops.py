@@ -38,49 +38,59 @@ def _fd(f, a, eps=1e-6):
 
 
 # ============================================================================ conv1d
-CONV = [(p, k, d) for p in ("same", "causal") for k, d in ((3, 1), (2, 3), (4, 2), (1, 1))]
+CONV = [(p, k, d) for p in ("same", "causal") for k, d in ((3, 1), (2, 1), (4, 1), (2, 3), (4, 2), (1, 1))]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("pad, k, d", CONV)
-def test_conv1d_matches_numpy(pad, k, d, side):
-    g = Graph(seed=1, dtype=np.float64)
+def test_conv1d_matches_numpy(pad, k, d, side, dtype):
+    """float64 and float32: the oneDNN build runs float32 convolutions through oneDNN (dilation 1), not float64."""
+    g = Graph(seed=1, dtype=dtype)
     x = g.placeholder("x", ("batch", "time", C))
     m = masked.mask_placeholder(g, "mask", padding=side, allow_empty_rows=True)
     rng = np.random.default_rng(2)
     w, b = g.variable("w", rng.normal(size=(k, C, 2))), g.variable("b", rng.normal(size=2))
     y = masked.conv1d(Masked(x, m), w, b, dilation=d, padding=pad)
     xs, ms = _feeds(side, [7, 4, 1, 0], 7)
-    got = g.run({"x": xs, "mask": ms}, y.value)
-    ref = R.masked_conv1d(np.nan_to_num(xs), ms, g.get_value(w), g.get_value(b), d, pad)
-    np.testing.assert_allclose(got, ref, atol=1e-12)
+    got = g.run({"x": xs.astype(dtype), "mask": ms}, y.value)
+    ww, bb = g.get_value(w).astype(np.float64), g.get_value(b).astype(np.float64)
+    xr = np.nan_to_num(xs.astype(dtype).astype(np.float64))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(got, R.masked_conv1d(xr, ms, ww, bb, d, pad), atol=tol)
     np.testing.assert_array_equal(got[ms == 0], 0.0)
     # the unmasked conv of a full row is plain numpy conv (the reference's own check)
-    np.testing.assert_allclose(got[0], R.conv1d(xs[0], g.get_value(w), g.get_value(b), d, pad), atol=1e-12)
+    np.testing.assert_allclose(got[0], R.conv1d(xr[0], ww, bb, d, pad), atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("pad", ["same", "causal"])
-def test_conv1d_gradients_match_finite_differences(pad, side):
-    g = Graph(seed=3, dtype=np.float64)
+def test_conv1d_gradients_match_finite_differences(pad, side, dilation, dtype):
+    """The library op's backward (dilation 1; oneDNN's in float32) and the taps' (dilation 2) vs float64 central
+    differences of the numpy reference."""
+    g = Graph(seed=3, dtype=dtype)
     x = g.placeholder("x", ("batch", "time", C))
     m = masked.mask_placeholder(g, "mask", padding=side)
     rng = np.random.default_rng(4)
     w, b = g.variable("w", rng.normal(size=(3, C, 2))), g.variable("b", rng.normal(size=2))
-    y = masked.conv1d(Masked(x, m), w, b, dilation=2, padding=pad)
+    y = masked.conv1d(Masked(x, m), w, b, dilation=dilation, padding=pad)
     c = rng.normal(size=(3, 6, 2))
     loss = ops.sum(ops.multiply(y.value, g.constant("c", c)))
     xs, ms = _feeds(side, [6, 4, 2], 6, seed=5)
+    xs = xs.astype(dtype)
     grads = g.gradients({"x": xs, "mask": ms}, loss, [x, w, b])
-    x0, W, B = np.nan_to_num(xs), g.get_value(w), g.get_value(b)
+    x0, W, B = (np.nan_to_num(a).astype(np.float64) for a in (xs, g.get_value(w), g.get_value(b)))
+    tol = 1e-8 if dtype == np.float64 else 1e-4
 
     def f(xx=x0, ww=W, bb=B):
-        return float((R.masked_conv1d(xx, ms, ww, bb, 2, pad) * c).sum())
+        return float((R.masked_conv1d(xx, ms, ww, bb, dilation, pad) * c).sum())
 
-    np.testing.assert_allclose(grads["x"], _fd(lambda a: f(xx=a), x0), atol=1e-8)
+    np.testing.assert_allclose(grads["x"], _fd(lambda a: f(xx=a), x0), atol=tol)
     np.testing.assert_array_equal(grads["x"][ms == 0], 0.0)
-    np.testing.assert_allclose(grads["w"], _fd(lambda a: f(ww=a), W), atol=1e-8)
-    np.testing.assert_allclose(grads["b"], _fd(lambda a: f(bb=a), B), atol=1e-8)
+    np.testing.assert_allclose(grads["w"], _fd(lambda a: f(ww=a), W), atol=tol)
+    np.testing.assert_allclose(grads["b"], _fd(lambda a: f(bb=a), B), atol=tol)
 
 
 def _conv_stack(side, dtype=np.float32):
@@ -472,8 +482,8 @@ def test_mask_rows_equals_select(shape, dtype, fill):
 
 @pytest.mark.parametrize("pad, k, d", [("same", 3, 1), ("same", 4, 2), ("causal", 2, 3)])
 def test_masked_conv1d_equals_dl4j_conv1d_on_full_rows(pad, k, d):
-    """masked.conv1d computes DL4J's conv1d (SAME / CAUSAL) from its taps side by side and one matmul (M2.1's
-    conv1d_bp is 2-3x slower at [32, 128, 128]): on rows without padding, the library op's values and gradients."""
+    """masked.conv1d computes DL4J's conv1d (SAME / CAUSAL): the library op itself at dilation 1, its taps side
+    by side and one matmul at dilation > 1. On rows without padding, the library op's values and gradients."""
     seq = _jvm.jclass("samediffpy.Sequences")
     g = Graph(seed=18, dtype=np.float64)
     x = g.placeholder("x", ("batch", "time", C))

@@ -16,15 +16,13 @@ padding    definition (k = kernel width, d = dilation; zeros outside each row's 
 ``causal`` ``left = (k-1)*d``: ``y[t]`` reads only steps ``<= t``
 =========  ========================================================================================
 
-Weights ``[k, in, out]`` (DL4J's ``conv1d`` layout). Computed as the k taps side by side and ONE matrix product:
-the zeroed input is padded along time, k strided slices (tap j starts ``j*d`` steps later) are concatenated to
-``[batch, time, k * in]``, and ``[positions, k * in] @ [k * in, out]`` gives every position at once. The same
-numbers as DL4J's ``conv1d`` in ``SAME`` / ``CAUSAL`` mode (tests/test_sequence_ops.py), with the masking built
-in. Its gradient is the same ops' own (concat, strided slice, pad backward): no scatter. Measured (M2.1,
-oneDNN build, 1 thread, a 3-layer training step, JIT warm): 51 ms at ``[32, 128, 128]`` and 11 ms at
-``[16, 64, 64]``, against 52-56 and 14.5 ms for the previous formulation (one row gather of every tap, with
-a gather as its gradient); DL4J's own ``conv1d`` is slower than either (its ``conv1d_bp`` dominates;
-bench/FINDINGS.md).
+Weights ``[k, in, out]``. At dilation 1, DL4J's own ``conv1d`` (``NWC``, ``SAME`` / ``CAUSAL`` mode) runs
+between the two zeroings (each a row gather, ``masked.rows``). Dilation > 1 fails in M2.1's oneDNN convolution
+for most kernel widths, so there the taps are laid side by side (one pad, k strided slices, one concat) and
+multiplied by the ``[k * in, out]`` kernel at once. Both are checked against numpy (float32 and float64) and
+float64 finite differences (tests/test_sequence_ops.py). Measured (M2.1, oneDNN build, 1 thread, a 3-layer
+training step at ``[32, 128, 128]``, JIT warm): ~40 ms with the library op, ~51 ms with the taps;
+bench/FINDINGS.md.
 
 >>> import numpy as np
 >>> from samediff_py import Graph, masked
@@ -44,14 +42,7 @@ from collections.abc import Callable
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import (
-    gather_rows,
-    mark_zero_padded,
-    record_flat,
-    row_index,
-    unflatten,
-    zero_padding,
-)
+from .rows import mask_rows, zero_padding
 from .value import Masked, require_masked
 
 __all__ = ["conv1d"]
@@ -77,8 +68,8 @@ def conv1d(
         b: optional ``[out]`` bias.
         dilation: spacing between kernel taps (>= 1).
         padding: ``"same"`` (centred window) or ``"causal"`` (only past and present steps).
-        activation: optional elementwise (or per-row) function, applied to the ``[positions, out]`` rows
-            before the padded positions are zeroed.
+        activation: optional elementwise (or per-position) function, applied to the ``[batch, time, out]``
+            result before its padded positions are zeroed.
         name: name of the output node.
 
     Returns:
@@ -102,27 +93,37 @@ def conv1d(
     g = x.graph
     full = g.unique_name("conv1d", name)
     stem = full.split("/")[-1]
-    total = (k - 1) * int(dilation)
-    left = total if padding == "causal" else total // 2
+    d = int(dilation) if k > 1 else 1
+    seq = _jvm.jclass("samediffpy.Sequences")
     with g.scope(stem):
-        # the input with exact zeros at padded positions (a no-op after another masked conv), its taps side by
-        # side: a valid step next to padding reads zeros there, as the truncated row reads the zero padding
+        # exact zeros at the input's padded positions (a no-op after another masked conv): a valid step next to
+        # padding then reads zeros there, as the truncated row reads the convolution's zero padding
         xz = zero_padding(x.value, x.mask)
-        spec = (k, int(dilation), left, total - left)
-        wide = g.op(
-            "taps",
-            None,
-            lambda n: _jvm.jclass("samediffpy.Sequences").convColumns(g.sd, n, xz.j, *spec),
-            (xz.shape[0], xz.shape[1], k * c_in),
-            xz.dtype,
-            (xz,),
-        )
-        cols = ops.reshape(wide, (-1, k * c_in))
-        y = ops.matmul(cols, ops.reshape(w, (k * c_in, c_out)))  # [B*T, out]
-        if b is not None:
-            y = ops.add(y, b)
+        if d == 1:
+            inputs = (xz, w) if b is None else (xz, w, b)
+            y = g.op(
+                "conv",
+                None,
+                lambda n: seq.conv1d(g.sd, n, xz.j, w.j, None if b is None else b.j, k, 1, _MODES[padding]),
+                (xz.shape[0], xz.shape[1], c_out),
+                xz.dtype,
+                inputs,
+            )
+        else:  # M2.1's oneDNN conv fails on most dilated shapes (Sequences.conv1d): the taps side by side
+            total = (k - 1) * d
+            left = total if padding == "causal" else total // 2
+            spec = (k, d, left, total - left)
+            wide = g.op(
+                "taps",
+                None,
+                lambda n: seq.convColumns(g.sd, n, xz.j, *spec),
+                (xz.shape[0], xz.shape[1], k * c_in),
+                xz.dtype,
+                (xz,),
+            )
+            y = ops.matmul(wide, ops.reshape(w, (k * c_in, c_out)))
+            if b is not None:
+                y = ops.add(y, b)
         if activation is not None:
             y = activation(y)
-        flat = gather_rows(y, row_index(x.mask), offsets=[0])  # exactly 0 at padded positions
-    out = unflatten(flat, x.mask, (c_out,), name=stem)
-    return Masked.derived(mark_zero_padded(record_flat(out, x.mask, y), x.mask), x.mask)
+    return Masked.derived(mask_rows(y, x.mask, name=stem), x.mask)  # exactly 0 at padded positions

@@ -75,13 +75,14 @@ def gather_rows(
         ``[m, F]`` Var of ``flat``'s dtype.
     """
     g = flat.graph
-    zero = g.constant(None, np.full((1, flat.shape[1]), fill, flat.dtype))
+    if flat.rank != 2 or index.rank != 1:
+        raise ValueError(f"gather_rows takes [n, F] rows and an [m] index, got shapes {flat.shape} and {index.shape}")
     if offsets is None:
-        build = lambda nm: _seq().gatherRows(g.sd, nm, flat.j, index.j, zero.j)  # noqa: E731
+        build = lambda nm: _seq().gatherRows(g.sd, nm, flat.j, index.j, float(fill))  # noqa: E731
     else:
         shifts = [int(o) for o in offsets]
-        build = lambda nm: _seq().gatherRowsShifted(g.sd, nm, flat.j, index.j, zero.j, shifts)  # noqa: E731
-    return g.op("gather_rows", name, build, (index.shape[0], flat.shape[1]), flat.dtype, (flat, index, zero))
+        build = lambda nm: _seq().gatherRowsShifted(g.sd, nm, flat.j, index.j, float(fill), shifts)  # noqa: E731
+    return g.op("gather_rows", name, build, (index.shape[0], flat.shape[1]), flat.dtype, (flat, index))
 
 
 def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = None) -> Var:

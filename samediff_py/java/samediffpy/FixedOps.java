@@ -145,56 +145,61 @@ public final class FixedOps {
     /**
      * The table gradient of a structured row gather (see {@link FixedGather}): table row {@code r < n} gets
      * {@code sum_j g[p*k + j]} over the taps j whose position {@code p = r - offsets[j]} read it
-     * ({@code ids[p*k + j] == r}); the filler row (a constant's) gets 0. One gather of {@code [g; 0]} by the
+     * ({@code ids[p*k + j] == r}); the filler row gets 0. The table is {@code [n + 1, F]} and ids a vector (as
+     * {@link Sequences#gatherRows} and {@link Sequences#gatherRowsShifted} build them). One gather of {@code [g; 0]} by the
      * inverse index {@code [n + 1, k]}, then a sum over k (none for k = 1; for k = 1 and offset 0 the inverse
-     * index is {@code ids} itself).
+     * index is {@code ids} itself: one pad and one gather, ~10 fewer op executions per masked zeroing).
      */
     static SDVariable[] shiftedTableGradient(SameDiff sd, SDVariable table, SDVariable ids, SDVariable g,
                                              long[] offsets) {
         int k = offsets.length;
         DataType it = ids.dataType();
+        if (k == 1 && offsets[0] == 0) {
+            // a mask's row index (each position reads its own row or the filler): the inverse index is ids itself,
+            // whose length the forward pass checked against the table (Sequences.gatherRowsShifted). The filler
+            // row's gradient is discarded (it is a pad's or a constant's row), so its entry may read row 0.
+            SDVariable index = sd.nn().pad(ids, sd.constant(Nd4j.createFromArray(new int[][]{{0, 1}})), 0.0);
+            SDVariable picked = sd.gather(Sequences.withFillerRow(sd, g, 0.0), index, 0);     // [n + 1, F]
+            return new SDVariable[]{picked, sd.zerosLike(ids)};
+        }
         // n from the TABLE (its rows but the filler), and ids reshaped to [n, k]: ids of any other length fail
         // here with an error instead of indexing past the upstream rows (reading and writing out of bounds)
         SDVariable nLong = sd.castTo(sd.sizeAt(table, 0), DataType.LONG).sub(1);
         SDVariable nk = sd.concat(0, sd.reshape(nLong, 1), sd.constant(Nd4j.createFromArray(new long[]{k})));
         SDVariable ids2 = sd.reshape(ids, nk);                                                   // [n, k]
         SDVariable m = sd.castTo(nLong.mul(k), it);                                              // n * k
-        SDVariable inv;
-        if (k == 1 && offsets[0] == 0) {
-            inv = sd.reshape(ids2, -1);
-        } else {
-            long[] taps = new long[k];
-            for (int j = 0; j < k; j++) taps[j] = j;
-            SDVariable kk = sd.constant(Nd4j.scalar(it, k));
-            SDVariable one = sd.constant(Nd4j.scalar(it, 1));
-            SDVariable n = sd.castTo(nLong, it);
-            SDVariable r = sd.expandDims(sd.range(sd.constant(Nd4j.scalar(it, 0)), n, one, it), 1);  // [n, 1]
-            SDVariable o = sd.constant(Nd4j.createFromArray(offsets).castTo(it).reshape(1, k));
-            SDVariable q = r.sub(o).mul(kk).add(sd.constant(Nd4j.createFromArray(taps).castTo(it).reshape(1, k)));
-            // tap j of position p read a real row iff ids[p*k + j] != n; row r = p + o_j was read by tap j iff
-            // that holds at p = r - o_j: column j shifted by o_j (zero-padded: positions outside the table)
-            SDVariable valid = sd.castTo(sd.neq(ids2, n), DataType.FLOAT);                        // [n, k]
-            long pad = 0;
-            for (long off : offsets) pad = Math.max(pad, Math.abs(off));
-            SDVariable vp = sd.nn().pad(valid, sd.constant(Nd4j.createFromArray(new long[][]{{pad, pad}, {0, 0}})), 0.0);
-            SDVariable size = sd.concat(0, sd.reshape(sd.castTo(n, DataType.LONG), 1),
-                    sd.constant(Nd4j.createFromArray(new long[]{1})));
-            SDVariable[] cols = new SDVariable[k];
-            for (int j = 0; j < k; j++) {
-                cols[j] = sd.slice(vp, sd.constant(Nd4j.createFromArray(new long[]{pad - offsets[j], j})), size);
-            }
-            SDVariable ok = sd.castTo(k == 1 ? cols[0] : sd.concat(1, cols), it);                 // [n, k]
-            inv = sd.reshape(q.mul(ok).add(ok.rsub(1).mul(m)), -1);                              // else m: a zero row
+        long[] taps = new long[k];
+        for (int j = 0; j < k; j++) taps[j] = j;
+        SDVariable kk = sd.constant(Nd4j.scalar(it, k));
+        SDVariable one = sd.constant(Nd4j.scalar(it, 1));
+        SDVariable n = sd.castTo(nLong, it);
+        SDVariable r = sd.expandDims(sd.range(sd.constant(Nd4j.scalar(it, 0)), n, one, it), 1);  // [n, 1]
+        SDVariable o = sd.constant(Nd4j.createFromArray(offsets).castTo(it).reshape(1, k));
+        SDVariable q = r.sub(o).mul(kk).add(sd.constant(Nd4j.createFromArray(taps).castTo(it).reshape(1, k)));
+        // tap j of position p read a real row iff ids[p*k + j] != n; row r = p + o_j was read by tap j iff
+        // that holds at p = r - o_j: column j shifted by o_j (zero-padded: positions outside the table)
+        SDVariable valid = sd.castTo(sd.neq(ids2, n), DataType.FLOAT);                        // [n, k]
+        long pad = 0;
+        for (long off : offsets) pad = Math.max(pad, Math.abs(off));
+        SDVariable vp = sd.nn().pad(valid, sd.constant(Nd4j.createFromArray(new long[][]{{pad, pad}, {0, 0}})), 0.0);
+        SDVariable size = sd.concat(0, sd.reshape(sd.castTo(n, DataType.LONG), 1),
+                sd.constant(Nd4j.createFromArray(new long[]{1})));
+        SDVariable[] cols = new SDVariable[k];
+        for (int j = 0; j < k; j++) {
+            cols[j] = sd.slice(vp, sd.constant(Nd4j.createFromArray(new long[]{pad - offsets[j], j})), size);
         }
+        SDVariable ok = sd.castTo(k == 1 ? cols[0] : sd.concat(1, cols), it);                 // [n, k]
+        SDVariable inv = sd.reshape(q.mul(ok).add(ok.rsub(1).mul(m)), -1);                      // else m: a zero row
         // the filler row's k entries read the zero row too
         SDVariable filler = sd.constant(Nd4j.zeros(it, k)).add(m);
         SDVariable index = sd.concat(0, inv, filler);                                         // [(n + 1) * k]
-        SDVariable shape = sd.shape(g);
-        SDVariable rest = sd.stridedSlice(shape, new long[]{1}, new long[]{0}, new long[]{1}, 0, 1, 0, 0, 0);
-        SDVariable oneRow = sd.constant(Nd4j.createFromArray(new long[]{1}).castTo(shape.dataType()));
-        SDVariable ext = sd.concat(0, g, sd.fill(sd.concat(0, oneRow, rest), g.dataType(), 0.0));
+        // [g; 0]: g is [m, F] (a structured gather's table is [n + 1, F] rows and its index a vector, as
+        // Sequences.gatherRows* build them), so a pad (libnd4j's copies ~3x faster than its concat)
+        SDVariable ext = Sequences.withFillerRow(sd, g, 0.0);
         SDVariable picked = sd.gather(ext, index, 0);                                         // [(n + 1) * k, F...]
         if (k == 1) return new SDVariable[]{picked, sd.zerosLike(ids)};
+        SDVariable shape = sd.shape(g);
+        SDVariable rest = sd.stridedSlice(shape, new long[]{1}, new long[]{0}, new long[]{1}, 0, 1, 0, 0, 0);
         SDVariable kShape = sd.constant(Nd4j.createFromArray(new long[]{-1, k}).castTo(shape.dataType()));
         SDVariable perTap = sd.reshape(picked, sd.concat(0, kShape, rest));                 // [n + 1, k, F...]
         return new SDVariable[]{perTap.sum(1), sd.zerosLike(ids)};

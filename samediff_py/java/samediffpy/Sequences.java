@@ -333,10 +333,12 @@ public final class Sequences {
         return sd.updateVariableNameAndReference(pos.mul(m).add(count.mul(m.rsub(1))), name);
     }
 
-    /** {@code [rows of flat; one zero row][index]}: rows by index, {@code index == rows} reading zeros. */
-    public static SDVariable gatherRows(SameDiff sd, String name, SDVariable flat, SDVariable index,
-                                        SDVariable zeroRow) {
-        SDVariable table = sd.concat(0, flat, zeroRow);
+    /**
+     * {@code [rows of flat; one filler row][index]}: rows by index, {@code index == rows} reading {@code fill}.
+     * flat {@code [n, F]}.
+     */
+    public static SDVariable gatherRows(SameDiff sd, String name, SDVariable flat, SDVariable index, double fill) {
+        SDVariable table = withFillerRow(sd, flat, fill);
         SDVariable out = new FixedOps.FixedGather(sd, table, index, 0).outputVariable();
         return sd.updateVariableNameAndReference(out, name);
     }
@@ -350,13 +352,21 @@ public final class Sequences {
      * (the reshape to {@code [n, k]}) instead of gathering wrong rows.
      */
     public static SDVariable gatherRowsShifted(SameDiff sd, String name, SDVariable flat, SDVariable index,
-                                               SDVariable zeroRow, long[] offsets) {
-        SDVariable table = sd.concat(0, flat, zeroRow);
+                                               double fill, long[] offsets) {
+        SDVariable table = withFillerRow(sd, flat, fill);
         SDVariable nk = sd.concat(0, sd.reshape(sd.castTo(sd.sizeAt(flat, 0), DataType.LONG), 1),
                 sd.constant(Nd4j.createFromArray(new long[]{offsets.length})));
         SDVariable checked = sd.reshape(sd.reshape(index, nk), -1);
         SDVariable out = new FixedOps.FixedGather(sd, table, checked, offsets).outputVariable();
         return sd.updateVariableNameAndReference(out, name);
+    }
+
+    /**
+     * {@code [n, F] -> [n + 1, F]}, the last row {@code fill}: a pad, not a concat with a constant row (libnd4j's
+     * concat copies {@code [4096, 128]} float32 in ~0.7 ms, its pad in ~0.2 ms; the gradient is a slice).
+     */
+    static SDVariable withFillerRow(SameDiff sd, SDVariable flat, double fill) {
+        return sd.nn().pad(flat, sd.constant(Nd4j.createFromArray(new int[][]{{0, 1}, {0, 0}})), fill);
     }
 
     /** {@code flat [B*T, F...] -> [B, T, F...]} with B and T taken from the mask at run time. */
@@ -392,7 +402,9 @@ public final class Sequences {
 
     /**
      * DL4J's conv1d over {@code [B, T, C]} (NWC), weights {@code [k, C, oC]}, bias {@code [oC]} or null, stride 1
-     * (for the tests: masked.conv1d computes the same from its taps side by side; conv1d_bp is slow in M2.1).
+     * (masked.conv1d's core at dilation 1: its input's padded positions zeroed before, its output's after).
+     * Dilation > 1 fails in M2.1's oneDNN helper for most kernel widths ("could not create a descriptor for a
+     * dilated convolution", VALID mode included): masked.conv1d uses {@link #convColumns} there.
      * paddingMode: 0 VALID, 1 SAME (TF convention: extra pad on the right), 2 CAUSAL (left pad (k-1)*d).
      */
     public static SDVariable conv1d(SameDiff sd, String name, SDVariable x, SDVariable w, SDVariable b, long k,
