@@ -1,7 +1,8 @@
 """The PyTorch twin of bench_recurrent.py, run as a worker in its own process (PyTorch is not a dependency of
 samediff_py): it builds the models once, then answers commands on stdin, one line each:
 
-    <case> <steps>      run ``steps`` timed training steps of ``lstm`` or ``conv``; prints a JSON list of ms
+    <case> <steps>      run ``steps`` timed training steps of ``lstm``, ``conv`` or ``conv_wide``; prints a
+                        JSON list of ms
     quit
 
     build/bench-venv/bin/python bench/torch_recurrent.py '{"batch": 16, "time": 64, ...}'
@@ -11,7 +12,8 @@ Same architecture, sizes, data and optimiser (Adam) as the samediff_py side:
 - lstm: ``nn.LSTM(batch_first=True)`` over ``pack_padded_sequence`` (right padding, per-row lengths), the
   packed outputs padded back, masked mean over time, a linear head, mean squared error;
 - conv: three ``nn.Conv1d`` (kernel 3, 'same' padding) with ReLU, the input zeroed at padded steps before
-  every convolution (``x * mask``), masked mean over time, a linear head, mean squared error.
+  every convolution (``x * mask``), masked mean over time, a linear head, mean squared error;
+- conv_wide: the same at width ``wide`` (when the config has it), on the batch's ``x_wide``.
 """
 
 from __future__ import annotations
@@ -61,18 +63,22 @@ def main() -> None:
     torch.manual_seed(0)
     data = np.load(cfg["data"])
     x, mask, y = (torch.from_numpy(data[k]) for k in ("x", "mask", "y"))
+    inputs = {"lstm": x, "conv": x}
     lengths = mask.sum(1).long()
     models = {
         "lstm": LSTMModel(cfg["width"], cfg["hidden"], cfg["out"]),
         "conv": ConvModel(cfg["width"], cfg["out"]),
     }
+    if "wide" in cfg:
+        models["conv_wide"] = ConvModel(cfg["wide"], cfg["out"])
+        inputs["conv_wide"] = torch.from_numpy(data["x_wide"])
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
 
     def step(case: str) -> float:
         model, opt = models[case], opts[case]
         t0 = time.perf_counter()
         opt.zero_grad()
-        loss = ((model(x, lengths, mask) - y) ** 2).mean()
+        loss = ((model(inputs[case], lengths, mask) - y) ** 2).mean()
         loss.backward()
         opt.step()
         return (time.perf_counter() - t0) * 1e3
