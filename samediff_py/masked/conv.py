@@ -21,8 +21,8 @@ between the two zeroings (each a row gather, ``masked.rows``). Dilation > 1 fail
 for most kernel widths, so there the taps are laid side by side (one pad, k strided slices, one concat) and
 multiplied by the ``[k * in, out]`` kernel at once. Both are checked against numpy (float32 and float64) and
 float64 finite differences (tests/test_sequence_ops.py). Measured (M2.1, oneDNN build, 1 thread, a 3-layer
-training step at ``[32, 128, 128]``, JIT warm): ~40 ms with the library op, ~51 ms with the taps;
-bench/FINDINGS.md.
+training step, JIT warm, both built in one process and taking turns): the library op takes 0.67-0.72x the time
+of the taps at width 128 (``[32, 128, 128]``) and 0.78x at width 256; bench/FINDINGS.md.
 
 >>> import numpy as np
 >>> from samediff_py import Graph, masked
