@@ -196,10 +196,43 @@ def test_conv1d_validates_arguments():
         masked.conv1d(Masked(x, m), w, padding="valid")
     with pytest.raises(ValueError, match="kernel expects 2"):
         masked.conv1d(Masked(x, m), g.variable("w2", shape=(3, 2, 2)))
-    with pytest.raises(ValueError, match="dilation must be >= 1"):
-        masked.conv1d(Masked(x, m), w, dilation=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="dilation must be an int >= 1"):
+            masked.conv1d(Masked(x, m), w, dilation=bad)
     with pytest.raises(masked.MaskError, match="needs a Masked value"):
         masked.conv1d(x, w)
+    # a kernel or bias of another dtype is refused while building (the library op would read a float64 bias
+    # as float32 words), at every dilation
+    w64 = g.variable("w64", shape=(3, C, 2), dtype=np.float64)
+    b64 = g.variable("b64", np.ones(2), dtype=np.float64)
+    for d in (1, 2):
+        with pytest.raises(TypeError, match="the kernel is float64 but the input is float32"):
+            masked.conv1d(Masked(x, m), w64, dilation=d)
+        with pytest.raises(TypeError, match="the bias is float64 but the input is float32"):
+            masked.conv1d(Masked(x, m), w, b64, dilation=d)
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_conv1d_activation_sees_rows(d):
+    """The activation gets the [positions, out] rows at every dilation: axis -1 / 1 is the channels, never time."""
+    g = Graph(seed=4, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", C))
+    m = masked.mask_placeholder(g, "mask")
+    seen = []
+
+    def act(v):
+        seen.append(v.shape)
+        return ops.softmax(v, axis=1)
+
+    rng = np.random.default_rng(5)
+    w = g.variable("w", rng.normal(size=(3, C, 2)))
+    y = masked.conv1d(Masked(x, m), w, dilation=d, activation=act)
+    assert seen == [(None, 2)]
+    xs, ms = _feeds("right", [5, 3], 5)
+    got = g.run({"x": xs, "mask": ms}, y.value)
+    ref = R.masked_conv1d(np.nan_to_num(xs), ms, g.get_value(w), None, d, "same")
+    e = np.exp(ref - ref.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, np.where(ms[..., None] > 0, e / e.sum(-1, keepdims=True), 0.0), atol=1e-12)
 
 
 # ============================================================================ causal attention

@@ -39,10 +39,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import mask_rows, zero_padding
+from .rows import gather_rows, mark_zero_padded, record_flat, row_index, unflatten, zero_padding
 from .value import Masked, require_masked
 
 __all__ = ["conv1d"]
@@ -68,8 +70,8 @@ def conv1d(
         b: optional ``[out]`` bias.
         dilation: spacing between kernel taps (>= 1).
         padding: ``"same"`` (centred window) or ``"causal"`` (only past and present steps).
-        activation: optional elementwise (or per-position) function, applied to the ``[batch, time, out]``
-            result before its padded positions are zeroed.
+        activation: optional elementwise (or per-row) function, applied to the ``[positions, out]`` rows
+            before the padded positions are zeroed.
         name: name of the output node.
 
     Returns:
@@ -88,8 +90,11 @@ def conv1d(
         raise ValueError(f"conv1d: the input has {x.value.shape[2]} channels but the kernel expects {c_in}")
     if b is not None and b.shape != (c_out,):
         raise ValueError(f"conv1d: the bias must be [{c_out}], got {b.shape}")
-    if int(dilation) < 1:
-        raise ValueError(f"conv1d: dilation must be >= 1, got {dilation}")
+    for what, v in (("kernel", w), ("bias", b)):
+        if v is not None and v.dtype != x.value.dtype:
+            raise TypeError(f"conv1d: the {what} is {v.dtype} but the input is {x.value.dtype}; cast one (.astype())")
+    if isinstance(dilation, bool) or not isinstance(dilation, (int, np.integer)) or dilation < 1:
+        raise ValueError(f"conv1d: dilation must be an int >= 1, got {dilation!r}")
     g = x.graph
     full = g.unique_name("conv1d", name)
     stem = full.split("/")[-1]
@@ -124,6 +129,9 @@ def conv1d(
             y = ops.matmul(wide, ops.reshape(w, (k * c_in, c_out)))
             if b is not None:
                 y = ops.add(y, b)
+        rows = ops.reshape(y, (-1, c_out))  # [positions, out]
         if activation is not None:
-            y = activation(y)
-    return Masked.derived(mask_rows(y, x.mask, name=stem), x.mask)  # exactly 0 at padded positions
+            rows = activation(rows)
+        flat = gather_rows(rows, row_index(x.mask), offsets=[0])  # exactly 0 at padded positions
+    out = unflatten(flat, x.mask, (c_out,), name=stem)
+    return Masked.derived(mark_zero_padded(record_flat(out, x.mask, flat), x.mask), x.mask)
