@@ -146,9 +146,10 @@ public final class FixedOps {
      * The table gradient of a structured row gather (see {@link FixedGather}): table row {@code r < n} gets
      * {@code sum_j g[p*k + j]} over the taps j whose position {@code p = r - offsets[j]} read it
      * ({@code ids[p*k + j] == r}); the filler row gets 0. The table is {@code [n + 1, F]} and ids a vector (as
-     * {@link Sequences#gatherRows} and {@link Sequences#gatherRowsShifted} build them). One gather of {@code [g; 0]} by the
-     * inverse index {@code [n + 1, k]}, then a sum over k (none for k = 1; for k = 1 and offset 0 the inverse
-     * index is {@code ids} itself: one pad and one gather, ~10 fewer op executions per masked zeroing).
+     * {@link Sequences#gatherRows} and {@link Sequences#gatherRowsShifted} build them). One gather of
+     * {@code [g; 0]} by the inverse index {@code [n + 1, k]}, then a sum over k (none for k = 1; for k = 1 and
+     * offset 0 the inverse index is {@code ids} itself: one pad and one gather, ~10 fewer op executions per
+     * masked zeroing).
      */
     static SDVariable[] shiftedTableGradient(SameDiff sd, SDVariable table, SDVariable ids, SDVariable g,
                                              long[] offsets) {
