@@ -137,6 +137,14 @@ def _binary(base: str, a: Operand, b: Operand, method: str, name: str | None, re
     return a.graph.op(base, name, lambda n: getattr(a.j, method)(n, b.j), shape, result_dtype or a.dtype, (a, b))
 
 
+def _float_and_number(a: Operand, b: Operand) -> tuple[Var, float] | None:
+    """``(var, number)`` if one operand is a floating-point Var and the other a Python number (either order)."""
+    for v, c in ((a, b), (b, a)):
+        if isinstance(v, Var) and v.dtype.kind == "f" and isinstance(c, (int, float)) and not isinstance(c, bool):
+            return v, float(c)
+    return None
+
+
 def _unary(base: str, x: Var, build, name: str | None) -> Var:
     _plain(x)
     if not isinstance(x, Var):
@@ -157,12 +165,12 @@ def add(a: Operand, b: Operand, name: str | None = None) -> Var:
         Var of the broadcast shape, in the operands' dtype.
     """
     _plain(a, b)
-    if isinstance(a, (int, float)) and not isinstance(a, bool) and isinstance(b, Var):
-        a, b = b, a
-    if isinstance(a, Var) and isinstance(b, (int, float)) and not isinstance(b, bool) and a.dtype.kind == "f":
+    scalar = _float_and_number(a, b)
+    if scalar is not None:
         # a scalar op: its gradient is the upstream one as it is, where M2.1's add_bp against a constant also
         # reduces the whole upstream gradient for the constant (0.4 ms at [4096, 128])
-        return a.graph.op("add", name, lambda n: a.j.add(n, float(b)), a.shape, a.dtype, (a,))
+        v, c = scalar
+        return v.graph.op("add", name, lambda n: v.j.add(n, c), v.shape, v.dtype, (v,))
     return _binary("add", a, b, "add", name)
 
 
@@ -196,11 +204,11 @@ def multiply(a: Operand, b: Operand, name: str | None = None) -> Var:
         Var of the broadcast shape, in the operands' dtype.
     """
     _plain(a, b)
-    if isinstance(a, (int, float)) and not isinstance(a, bool) and isinstance(b, Var):
-        a, b = b, a
-    if isinstance(a, Var) and isinstance(b, (int, float)) and not isinstance(b, bool) and a.dtype.kind == "f":
+    scalar = _float_and_number(a, b)
+    if scalar is not None:
         # a scalar op: M2.1's broadcasting mul_bp also reduces the upstream gradient for the constant
-        return a.graph.op("mul", name, lambda n: a.j.mul(n, float(b)), a.shape, a.dtype, (a,))
+        v, c = scalar
+        return v.graph.op("mul", name, lambda n: v.j.mul(n, c), v.shape, v.dtype, (v,))
     a, b = _pair(a, b)
     if a.rank < b.rank:
         a, b = b, a
