@@ -132,6 +132,8 @@ def conv1d(
         rows = ops.reshape(y, (-1, c_out))  # [positions, out]
         if activation is not None:
             rows = activation(rows)
-        flat = gather_rows(rows, row_index(x.mask), offsets=[0])  # exactly 0 at padded positions
+        # exactly 0 at padded positions; xz has the mask's batch x time (zero_padding checked it, or a masked op
+        # made it), so these rows need no length check
+        flat = gather_rows(rows, row_index(x.mask), offsets=[0], check_length=False)
     out = unflatten(flat, x.mask, (c_out,), name=stem)
     return Masked.derived(mark_zero_padded(record_flat(out, x.mask, flat), x.mask), x.mask)

@@ -33,6 +33,8 @@ _INDEX: weakref.WeakKeyDictionary[Var, Var] = weakref.WeakKeyDictionary()
 _ZERO: weakref.WeakKeyDictionary[Var, weakref.ref] = weakref.WeakKeyDictionary()
 # [batch, time, F...] Var -> (mask, [batch*time, prod(F)] Var with the same rows at the mask's VALID positions)
 _FLAT: weakref.WeakKeyDictionary[Var, tuple[weakref.ref, Var]] = weakref.WeakKeyDictionary()
+# Per mask Var: trailing sizes -> the [batch, time, *rest] shape Var (built once per mask and sizes)
+_SHAPE: weakref.WeakKeyDictionary[Var, dict[tuple[int, ...], Var]] = weakref.WeakKeyDictionary()
 
 
 def _seq():
@@ -57,7 +59,12 @@ def row_index(mask: Var) -> Var:
 
 
 def gather_rows(
-    flat: Var, index: Var, name: str | None = None, fill: float = 0.0, offsets: Sequence[int] | None = None
+    flat: Var,
+    index: Var,
+    name: str | None = None,
+    fill: float = 0.0,
+    offsets: Sequence[int] | None = None,
+    check_length: bool = True,
 ) -> Var:
     """``[rows of flat; a filler row][index]``: an index equal to ``n`` reads ``fill``.
 
@@ -70,6 +77,9 @@ def gather_rows(
             is ``p + offsets[j]`` or ``n``, as :func:`row_index` builds it (``[0]``). Each row
             is then read at most once per ``j``, and the gradient is a gather by the inverse index instead of
             libnd4j's scatter-add (~1 us per row). None: any index.
+        check_length: with ``offsets``, check ``m == n * k`` at run time (an error instead of wrong rows when a
+            value's batch x time differs from its mask's). False only where ``flat``'s rows come from a value
+            already checked against the index's mask (:func:`mark_zero_padded`): four fewer op executions.
 
     Returns:
         ``[m, F]`` Var of ``flat``'s dtype.
@@ -81,12 +91,16 @@ def gather_rows(
         build = lambda nm: _seq().gatherRows(g.sd, nm, flat.j, index.j, float(fill))  # noqa: E731
     else:
         shifts = [int(o) for o in offsets]
-        build = lambda nm: _seq().gatherRowsShifted(g.sd, nm, flat.j, index.j, float(fill), shifts)  # noqa: E731
+        check = bool(check_length)
+        build = lambda nm: _seq().gatherRowsShifted(g.sd, nm, flat.j, index.j, float(fill), shifts, check)  # noqa: E731
     return g.op("gather_rows", name, build, (index.shape[0], flat.shape[1]), flat.dtype, (flat, index))
 
 
 def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = None) -> Var:
     """``[batch * time, prod(rest)] -> [batch, time, *rest]`` (batch and time from the mask at run time).
+
+    The target shape is built once per mask and ``rest`` (three op executions), then each unflatten is one
+    reshape.
 
     Args:
         flat: ``[batch * time, prod(rest)]`` Var.
@@ -98,13 +112,19 @@ def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = No
         ``[batch, time, *rest]`` Var of ``flat``'s dtype.
     """
     g = flat.graph
+    rest = tuple(int(r) for r in rest)
+    shapes = _SHAPE.setdefault(mask, {})
+    shape = shapes.get(rest)
+    if shape is None:
+        build = lambda n: _seq().maskedShape(g.sd, mask.j, list(rest))  # noqa: E731
+        shape = shapes[rest] = g.op("masked_shape", None, build, (2 + len(rest),), np.int64, (mask,))
     return g.op(
         "unflatten",
         name,
-        lambda n: _seq().unflatten(g.sd, n, flat.j, mask.j, [int(r) for r in rest]),
+        lambda n: g.sd.reshape(n, flat.j, shape.j),
         (mask.shape[0], mask.shape[1], *rest),
         flat.dtype,
-        (flat, mask),
+        (flat, shape),
     )
 
 
@@ -144,6 +164,10 @@ def record_flat(value: Var, mask: Var, flat: Var) -> Var:
 
 def mark_zero_padded(value: Var, mask: Var) -> Var:
     """Record that ``value`` holds exact zeros at ``mask``'s padded positions (so zeroing it again is skipped).
+
+    The record also promises that ``value`` has the mask's batch and time at run time (it was zeroed by a
+    length-checked gather, or computed position by position from such a value): :func:`masked.conv1d` gathers
+    its output rows without checking their number again.
 
     Args:
         value: ``[batch, time, ...]`` Var.

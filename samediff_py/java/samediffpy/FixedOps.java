@@ -157,7 +157,8 @@ public final class FixedOps {
         DataType it = ids.dataType();
         if (k == 1 && offsets[0] == 0) {
             // a mask's row index (each position reads its own row or the filler): the inverse index is ids itself,
-            // whose length the forward pass checked against the table (Sequences.gatherRowsShifted). The filler
+            // whose length matches the table's (checked in the forward pass, or guaranteed by the caller:
+            // Sequences.gatherRowsShifted). The filler
             // row's gradient is discarded (it is a pad's or a constant's row), so its entry may read row 0.
             SDVariable index = sd.nn().pad(ids, sd.constant(Nd4j.createFromArray(new int[][]{{0, 1}})), 0.0);
             SDVariable picked = sd.gather(Sequences.withFillerRow(sd, g, 0.0), index, 0);     // [n + 1, F]

@@ -347,16 +347,20 @@ public final class Sequences {
      * {@link #gatherRows} for an index of known structure, whose gradient is then a gather, not a scatter-add
      * ({@link FixedOps.FixedGather}): with {@code n} the rows of {@code flat} and k the length of {@code offsets},
      * {@code index} has {@code n * k} entries and {@code index[p*k + j]} is {@code p + offsets[j]} or {@code n}
-     * (the filler row); k = 1, offset 0: {@link #maskRowIndex}. An index of
+     * (the filler row); k = 1, offset 0: {@link #maskRowIndex}. With {@code checkLength}, an index of
      * another length (a value whose batch x time differs from its mask's at run time) fails with an error
-     * (the reshape to {@code [n, k]}) instead of gathering wrong rows.
+     * (the reshape to {@code [n, k]}, four small ops) instead of gathering wrong rows; without it, the caller
+     * guarantees the lengths match (its rows come from a value already checked against the same mask).
      */
     public static SDVariable gatherRowsShifted(SameDiff sd, String name, SDVariable flat, SDVariable index,
-                                               double fill, long[] offsets) {
+                                               double fill, long[] offsets, boolean checkLength) {
         SDVariable table = withFillerRow(sd, flat, fill);
-        SDVariable nk = sd.concat(0, sd.reshape(sd.castTo(sd.sizeAt(flat, 0), DataType.LONG), 1),
-                sd.constant(Nd4j.createFromArray(new long[]{offsets.length})));
-        SDVariable checked = sd.reshape(sd.reshape(index, nk), -1);
+        SDVariable checked = index;
+        if (checkLength) {
+            SDVariable nk = sd.concat(0, sd.reshape(sd.castTo(sd.sizeAt(flat, 0), DataType.LONG), 1),
+                    sd.constant(Nd4j.createFromArray(new long[]{offsets.length})));
+            checked = sd.reshape(sd.reshape(index, nk), -1);
+        }
         SDVariable out = new FixedOps.FixedGather(sd, table, checked, offsets).outputVariable();
         return sd.updateVariableNameAndReference(out, name);
     }
@@ -369,11 +373,14 @@ public final class Sequences {
         return sd.nn().pad(flat, sd.constant(Nd4j.createFromArray(new int[][]{{0, 1}, {0, 0}})), fill);
     }
 
-    /** {@code flat [B*T, F...] -> [B, T, F...]} with B and T taken from the mask at run time. */
-    public static SDVariable unflatten(SameDiff sd, String name, SDVariable flat, SDVariable mask, long[] rest) {
+    /**
+     * The shape {@code [B, T, rest...]}, B and T taken from the mask at run time (masked.rows.unflatten builds
+     * it once per mask and trailing shape, and reshapes every value of that shape with it).
+     */
+    public static SDVariable maskedShape(SameDiff sd, SDVariable mask, long[] rest) {
         SDVariable lead = sd.shape(mask);
         SDVariable tail = sd.constant(Nd4j.createFromArray(rest).castTo(lead.dataType()));
-        return sd.reshape(name, flat, sd.concat(0, lead, tail));
+        return sd.concat(0, lead, tail);
     }
 
     // ======================================================================================== conv1d
