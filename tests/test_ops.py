@@ -714,6 +714,32 @@ def test_relu_method_and_zero():
     np.testing.assert_array_equal(got, [0.0, 0.0, 2.0])
 
 
+def test_relu_special_values_gradient_and_saved_form(tmp_path):
+    """relu is libnd4j's relu op with the gradient g * (x > 0) (FixedOps.Relu: DL4J's own relu gradient,
+    thresholdedrelu_bp, is ~30x slower). NaN stays NaN, -inf gives 0, the gradient is 0 at 0 and at NaN. A saved
+    file holds DL4J's legacy relu instead (plain DL4J cannot load the custom op: test_train's plain Java test),
+    the graph keeps its own class, and loading brings the fast class back."""
+    from samediff_py import checkpoint
+
+    fixed = _jvm.jclass("samediffpy.FixedOps")
+    assert fixed.classFor("relu").endswith("FixedOps$Relu")
+    g = Graph(seed=0)
+    x = g.placeholder("x", (None, 7))
+    v = g.variable("v", np.ones(7, np.float32))
+    r = ops.relu(ops.multiply(x, v), name="r")
+    ops.sum(ops.multiply(r, g.constant("c", np.arange(1.0, 8.0, dtype=np.float32))), name="loss")
+    xs = np.array([[np.nan, -1.0, -0.0, 0.0, 2.0, np.inf, -np.inf]], np.float32)
+    np.testing.assert_array_equal(g.run({"x": xs}, r), [[np.nan, 0.0, 0.0, 0.0, 2.0, np.inf, 0.0]])
+    want = np.array([[0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 0.0]], np.float32)  # c * (x > 0), v = 1
+    np.testing.assert_array_equal(g.gradients({"x": xs}, "loss", [x])["x"], want)
+    path = checkpoint.save(g, tmp_path / "relu.sdz")
+    assert list(fixed.opClasses(g.sd, "relu")) == ["samediffpy.FixedOps$Relu"]  # put back after the save
+    g2 = checkpoint.load(path)
+    assert list(fixed.opClasses(g2.sd, "relu")) == ["samediffpy.FixedOps$Relu"]
+    np.testing.assert_array_equal(g2.run({"x": xs}, "r"), g.run({"x": xs}, r))
+    np.testing.assert_array_equal(g2.gradients({"x": xs}, "loss", ["x"])["x"], want)
+
+
 def test_gelu_sigmoid_is_dl4js_form_not_erf():
     x = np.linspace(-4, 4, 81)
     got, _ = forward(lambda v: ops.gelu(v, approximate="sigmoid"), x, dtype=np.float64)

@@ -475,11 +475,13 @@ public final class Training {
         // the loss "evaluation"), so the loss hook is taken out for the save and put back after.
         TrainingConfig c = sd.getTrainingConfig();
         List<String> hooks = releaseDuringTraining(c);
+        List<Object[]> relus = FixedOps.legacyRelus(sd);  // plain DL4J loads only its legacy relu
         try {
             sd.save(f, updaterState);
         } catch (RuntimeException e) {  // M2.1 wraps the IOException (disk full...): give the OS's reason
             throw new IOException(rootMessage(e), e);
         } finally {
+            FixedOps.restoreRelus(relus);
             for (String h : hooks) requireDuringTraining(c, h);
         }
         byte[] payload = Files.readAllBytes(f.toPath());
@@ -584,6 +586,7 @@ public final class Training {
         try {
             SameDiff sd = SameDiff.fromFlatBuffers(bb, updaterState);
             if (sd == null) throw new IOException("SameDiff.fromFlatBuffers returned null");
+            FixedOps.reluAfterLoading(sd);
             return sd;
         } catch (IOException e) {
             throw e;
