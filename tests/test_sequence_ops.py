@@ -63,19 +63,24 @@ def test_conv1d_matches_numpy(pad, k, d, side, dtype):
     np.testing.assert_allclose(got[0], R.conv1d(xr[0], ww, bb, d, pad), atol=tol)
 
 
+@pytest.mark.parametrize("upstream", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("k, dilation", [(3, 1), (2, 1), (4, 1), (3, 2)])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("pad", ["same", "causal"])
-def test_conv1d_gradients_match_finite_differences(pad, side, dilation, dtype):
-    """The library op's backward (dilation 1; oneDNN's in float32) and the taps' (dilation 2) vs float64 central
-    differences of the numpy reference."""
+def test_conv1d_gradients_match_finite_differences(pad, side, k, dilation, dtype, upstream):
+    """vs float64 central differences of the numpy reference, at dilation 1 (the library op) and 2 (the taps).
+    At dilation 1 over data (nothing trainable upstream), the gradient is FastConv1D's own (the kernel's from
+    the taps and one matmul; the input's, asked for here, a convolution with the mirrored kernel: odd and even
+    widths, both SAME branches and CAUSAL); with a trainable scale upstream, M2.1's conv1d_bp (oneDNN in
+    float32)."""
     g = Graph(seed=3, dtype=dtype)
     x = g.placeholder("x", ("batch", "time", C))
     m = masked.mask_placeholder(g, "mask", padding=side)
     rng = np.random.default_rng(4)
-    w, b = g.variable("w", rng.normal(size=(3, C, 2))), g.variable("b", rng.normal(size=2))
-    y = masked.conv1d(Masked(x, m), w, b, dilation=dilation, padding=pad)
+    w, b = g.variable("w", rng.normal(size=(k, C, 2))), g.variable("b", rng.normal(size=2))
+    xin = ops.multiply(x, g.variable("scale", np.ones(C))) if upstream else x  # x * 1: the same reference
+    y = masked.conv1d(Masked(xin, m), w, b, dilation=dilation, padding=pad)
     c = rng.normal(size=(3, 6, 2))
     loss = ops.sum(ops.multiply(y.value, g.constant("c", c)))
     xs, ms = _feeds(side, [6, 4, 2], 6, seed=5)
@@ -91,6 +96,35 @@ def test_conv1d_gradients_match_finite_differences(pad, side, dilation, dtype):
     np.testing.assert_array_equal(grads["x"][ms == 0], 0.0)
     np.testing.assert_allclose(grads["w"], _fd(lambda a: f(ww=a), W), atol=tol)
     np.testing.assert_allclose(grads["b"], _fd(lambda a: f(bb=a), B), atol=tol)
+
+
+def test_conv1d_skips_the_input_gradient_over_data_and_survives_save_load(tmp_path):
+    """conv1d's registered class (Sequences.FastConv1D): over data the gradient function holds no conv1d_bp
+    (the input's gradient is not computed), after a trainable layer it does; a saved model loads with the
+    class and computes the same outputs and gradients, NaN padding included."""
+    from samediff_py import checkpoint
+
+    g = Graph(seed=7)
+    x = g.placeholder("x", ("batch", "time", C))
+    m = masked.mask_placeholder(g, "mask")
+    w0, b0 = g.variable("w0", shape=(3, C, 4)), g.variable("b0", np.full(4, 0.1))
+    h = masked.conv1d(Masked(x, m), w0, b0, activation=ops.relu)
+    h = masked.conv1d(h, g.variable("w1", shape=(2, 4, 4)), padding="causal", name="top")
+    loss = ops.mean(ops.square(masked.mean_pool(h)), name="loss")
+    xs, ms = _feeds("right", [6, 3], 6, seed=8)
+    feeds = {"x": xs.astype(np.float32), "mask": ms.astype(np.float32)}
+    train.Trainer(g, loss, "adam", lr=0.01).step(feeds)
+    fixed = _jvm.jclass("samediffpy.FixedOps")
+    assert set(fixed.opClasses(g.sd, "conv1d")) == {"samediffpy.Sequences$FastConv1D"}
+    assert len(fixed.opClasses(g.sd.getFunction("grad"), "conv1d_bp")) == 1  # the second layer's only
+    grads = g.gradients(feeds, "loss")
+    g2 = checkpoint.load(checkpoint.save(g, tmp_path / "conv.sdz"))
+    assert set(fixed.opClasses(g2.sd, "conv1d")) == {"samediffpy.Sequences$FastConv1D"}
+    np.testing.assert_array_equal(g2.run(feeds, "top"), g.run(feeds, "top"))
+    grads2 = g2.gradients(feeds, "loss")
+    assert sorted(grads2) == sorted(grads) == ["b0", "w0", "w1"]
+    for k in grads:
+        np.testing.assert_array_equal(grads2[k], grads[k], err_msg=k)
 
 
 def _conv_stack(side, dtype=np.float32):

@@ -17,12 +17,13 @@ padding    definition (k = kernel width, d = dilation; zeros outside each row's 
 =========  ========================================================================================
 
 Weights ``[k, in, out]``. At dilation 1, DL4J's own ``conv1d`` (``NWC``, ``SAME`` / ``CAUSAL`` mode) runs
-between the two zeroings (each a row gather, ``masked.rows``). Dilation > 1 fails in M2.1's oneDNN convolution
-for most kernel widths, so there the taps are laid side by side (one pad, k strided slices, one concat) and
-multiplied by the ``[k * in, out]`` kernel at once. Both are checked against numpy (float32 and float64) and
-float64 finite differences (tests/test_sequence_ops.py). Measured (M2.1, oneDNN build, 1 thread, a 3-layer
-training step, JIT warm, both built in one process and taking turns): the library op takes 0.67-0.72x the time
-of the taps at width 128 (``[32, 128, 128]``) and 0.78x at width 256; bench/FINDINGS.md.
+between the two zeroings (each a row gather, ``masked.rows``); over data (nothing trainable upstream) its
+gradient leaves out the input's, as PyTorch's does (``Sequences.FastConv1D``). Dilation > 1 fails in M2.1's
+oneDNN convolution for most kernel widths, so there the taps are laid side by side (one pad, k strided slices,
+one concat) and multiplied by the ``[k * in, out]`` kernel at once. Both are checked against numpy (float32
+and float64) and float64 finite differences (tests/test_sequence_ops.py). Measured (M2.1, oneDNN build, 1
+thread, a 3-layer training step, JIT warm, both built in one process and taking turns): the library op takes
+0.67-0.72x the time of the taps at width 128 (``[32, 128, 128]``) and 0.78x at width 256; bench/FINDINGS.md.
 
 >>> import numpy as np
 >>> from samediff_py import Graph, masked

@@ -48,6 +48,7 @@ public final class FixedOps {
         put("lstmLayer", Sequences.FixedLstm.class);  // masked LSTM: gradient with lengths, loadable files
         put("cumsum", Sequences.FixedCumSum.class);
         put("relu", Relu.class);
+        put("conv1d", Sequences.FastConv1D.class);  // the same op; no input gradient over data
         registered = true;
     }
 

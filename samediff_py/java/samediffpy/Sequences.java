@@ -4,11 +4,13 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.List;
+import java.util.Map;
 
 import org.nd4j.autodiff.samediff.SDVariable;
 import org.nd4j.autodiff.samediff.SameDiff;
 import org.nd4j.common.base.Preconditions;
 import org.nd4j.linalg.api.buffer.DataType;
+import org.nd4j.linalg.api.ops.impl.layers.convolution.Conv1D;
 import org.nd4j.linalg.api.ops.impl.layers.convolution.config.Conv1DConfig;
 import org.nd4j.linalg.api.ops.impl.layers.convolution.config.PaddingMode;
 import org.nd4j.linalg.api.ops.impl.layers.recurrent.LSTMLayer;
@@ -393,10 +395,14 @@ public final class Sequences {
      */
     public static SDVariable convColumns(SameDiff sd, String name, SDVariable x, int k, int dilation, int left,
                                          int right) {
+        return sd.updateVariableNameAndReference(taps(sd, x, k, dilation, left, right), name);
+    }
+
+    private static SDVariable taps(SameDiff sd, SDVariable x, int k, int dilation, int left, int right) {
         int total = left + right;
         SDVariable xp = total == 0 ? x
                 : sd.nn().pad(x, sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {left, right}, {0, 0}})), 0.0);
-        if (k == 1) return sd.identity(name, xp);
+        if (k == 1) return sd.identity(xp);
         SDVariable[] taps = new SDVariable[k];
         for (int j = 0; j < k; j++) {
             long b = (long) j * dilation;
@@ -404,8 +410,110 @@ public final class Sequences {
             taps[j] = sd.stridedSlice(xp, new long[]{0, b, 0}, new long[]{0, e, 0}, new long[]{1, 1, 1},
                     0b101, e == 0 ? 0b111 : 0b101, 0, 0, 0);
         }
-        return sd.concat(name, 2, taps);
+        return sd.concat(2, taps);
     }
+
+    /**
+     * {@code conv1d} whose gradient skips the input's when nothing trainable lies upstream of the input (a first
+     * layer over data), as PyTorch does. M2.1's {@code conv1d_bp} computes both: oneDNN's backward-data and
+     * backward-weights primitives on blocked layouts, four reorders of {@code [32, 128, 128]} float32 (~0.6 ms
+     * each) around two convolutions, ~5.5-7 ms where the forward takes ~2 (bench/FINDINGS.md). There, the
+     * kernel's gradient is the taps of x ({@link #convColumns}) times the upstream gradient (one matmul), the
+     * bias's a matmul with ones, and the input's (built, run only if asked for) a forward convolution of the
+     * upstream gradient with the kernel reversed over its taps and transposed (the adjoint: window offsets
+     * mirrored). Elsewhere, and for anything but NWC, stride 1, dilation 1, SAME or CAUSAL and a
+     * {@code [k, in, out]} kernel of known shape, the stock gradient. The libnd4j op and its arguments are
+     * unchanged, so saved files hold a plain {@code conv1d}.
+     */
+    public static class FastConv1D extends Conv1D {
+        public FastConv1D() {}
+
+        public FastConv1D(SameDiff sd, SDVariable x, SDVariable w, SDVariable b, Conv1DConfig config) {
+            super(sd, x, w, b, config);
+        }
+
+        /**
+         * The config from the integer arguments: SameDiff restores a clone's fields by reflection on its own
+         * class, which misses the superclass's {@code config} (the stock methods that read it would throw).
+         */
+        private void restoreConfig() {
+            long[] ia = iArgs();
+            if (config != null || ia.length < 6) return;
+            config = new Conv1DConfig(ia[0], ia[1], ia[2], ia[3], ia[5] == 1 ? Conv1DConfig.NWC : Conv1DConfig.NCW,
+                    PaddingMode.values()[(int) ia[4]]);
+        }
+
+        @Override
+        public Map<String, Object> propertiesForFunction() {
+            restoreConfig();
+            return super.propertiesForFunction();
+        }
+
+        @Override
+        public Conv1DConfig getConfig() {
+            restoreConfig();
+            return super.getConfig();
+        }
+
+        @Override
+        public List<SDVariable> doDiff(List<SDVariable> grads) {
+            restoreConfig();
+            long[] ia = iArgs();  // [k, stride, pad, dilation, paddingMode, isNWC, (wFormat)]
+            SDVariable[] in = args();
+            long[] ws = in[1].getShape();
+            boolean same = ia.length >= 6 && ia[4] == PaddingMode.SAME.ordinal();
+            boolean causal = ia.length >= 6 && ia[4] == PaddingMode.CAUSAL.ordinal();
+            if (!(same || causal) || ia[1] != 1 || ia[3] != 1 || ia[5] != 1 || (ia.length > 6 && ia[6] != 0)
+                    || ws == null || ws.length != 3 || ws[0] != ia[0] || ws[1] < 1 || ws[2] < 1
+                    || trainableUpstream(sameDiff, in[0])) {
+                return super.doDiff(grads);
+            }
+            SameDiff sd = sameDiff;
+            int k = (int) ia[0];
+            int left = causal ? k - 1 : (k - 1) / 2;  // SAME: TF's convention, the extra step on the right
+            int right = k - 1 - left;
+            SDVariable x = in[0], w = in[1], g = grads.get(0);
+            // dx[s] = sum_j g[s + j - right] @ w[k-1-j]^T: a convolution with the offsets mirrored (left <-> right)
+            // (a gather of the k taps, not libnd4j's reverse: 12-20 ms for [3, 128, 128] float32)
+            int[] flip = new int[k];
+            for (int j = 0; j < k; j++) flip[j] = k - 1 - j;
+            SDVariable wT = sd.permute(sd.gather(w, flip, 0), 0, 2, 1);                           // [k, out, in]
+            SDVariable dx;
+            if (left == right) {
+                dx = sd.cnn().conv1d(g, wT, new Conv1DConfig(k, 1, 0, 1, Conv1DConfig.NWC, PaddingMode.SAME));
+            } else {
+                SDVariable gp = sd.nn().pad(g,
+                        sd.constant(Nd4j.createFromArray(new int[][]{{0, 0}, {right, left}, {0, 0}})), 0.0);
+                dx = sd.cnn().conv1d(gp, wT, new Conv1DConfig(k, 1, 0, 1, Conv1DConfig.NWC, PaddingMode.VALID));
+            }
+            // dW[j] = sum over positions of x[t + j - left]^T g[t]: the taps side by side, one matmul
+            SDVariable cols = sd.reshape(taps(sd, x, k, 1, left, right), -1, k * ws[1]);           // [B*T, k*in]
+            SDVariable g2 = sd.reshape(g, -1, ws[2]);                                              // [B*T, out]
+            SDVariable dw = sd.reshape(sd.mmul(cols, g2, true, false, false), ws);
+            if (in.length < 3) return Arrays.asList(dx, dw);
+            // db = ones [1, B*T] @ g2: a matmul (~0.1 ms), not reduce_sum over rows (~0.9 ms at [4096, 128])
+            SDVariable ones = sd.onesLike(sd.stridedSlice(g2, new long[]{0, 0}, new long[]{0, 1}, new long[]{1, 1},
+                    0b01, 0b01, 0, 0, 0));                                                        // [B*T, 1]
+            SDVariable db = sd.reshape(sd.mmul(ones, g2, true, false, false), -1);
+            return Arrays.asList(dx, dw, db);
+        }
+
+        /** Whether a trainable float variable feeds {@code v}, through any chain of ops. */
+        static boolean trainableUpstream(SameDiff sd, SDVariable v) {
+            java.util.ArrayDeque<SDVariable> todo = new java.util.ArrayDeque<>(Collections.singletonList(v));
+            java.util.Set<String> seen = new java.util.HashSet<>();
+            while (!todo.isEmpty()) {
+                SDVariable u = todo.pop();
+                if (!seen.add(u.name())) continue;
+                if (u.getVariableType() == org.nd4j.autodiff.samediff.VariableType.VARIABLE
+                        && u.dataType().isFPType()) return true;
+                org.nd4j.autodiff.functions.DifferentialFunction op = sd.getVariableOutputOp(u.name());
+                if (op != null) todo.addAll(Arrays.asList(op.args()));
+            }
+            return false;
+        }
+    }
+
 
     /**
      * DL4J's conv1d over {@code [B, T, C]} (NWC), weights {@code [k, C, oC]}, bias {@code [oC]} or null, stride 1
@@ -417,6 +525,6 @@ public final class Sequences {
     public static SDVariable conv1d(SameDiff sd, String name, SDVariable x, SDVariable w, SDVariable b, long k,
                                     long dilation, int paddingMode) {
         Conv1DConfig c = new Conv1DConfig(k, 1, 0, dilation, Conv1DConfig.NWC, PaddingMode.values()[paddingMode]);
-        return b == null ? sd.cnn().conv1d(name, x, w, c) : sd.cnn().conv1d(name, x, w, b, c);
+        return sd.updateVariableNameAndReference(new FastConv1D(sd, x, w, b, c).outputVariable(), name);
     }
 }
