@@ -19,7 +19,8 @@ import org.nd4j.linalg.factory.Nd4j;
  */
 public class ModelLoop {
     public static void main(String[] a) throws Exception {
-        System.out.println(run(SameDiff.load(new File(a[0]), true), String.join("|", a)));
+        // samediff_py's loader: it puts back the op classes a save swaps out (FixedOps.Relu)
+        System.out.println(run(samediffpy.Training.load(a[0], true), String.join("|", a)));
     }
 
     /**

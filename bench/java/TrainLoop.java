@@ -10,14 +10,16 @@ import org.nd4j.linalg.factory.Nd4j;
  *
  *   java -cp jars/*:jars/classes:. TrainLoop MODEL DATA_DIR N_BATCHES FEATURES WARMUP_EPOCHS EPOCHS MODE
  *
- * loads MODEL (with updater state), batch b's feature f from DATA_DIR/b_f.npy, and runs EPOCHS passes of
+ * loads MODEL (with updater state; samediff_py's loader, see main), batch b's feature f from DATA_DIR/b_f.npy, and runs EPOCHS passes of
  * sd.fit(MultiDataSet) over the batches after WARMUP_EPOCHS. MODE "plain": what a Java user writes; MODE
  * "loss": also records the loss of every step the way samediff_py does (samediffpy.Training.stepArrays).
  * Prints "us_per_step <value>".
  */
 public class TrainLoop {
     public static void main(String[] a) throws Exception {
-        SameDiff sd = SameDiff.load(new File(a[0]), true);
+        // samediff_py's loader (SameDiff.fromFlatBuffers after the checksum): it puts back the op classes a save
+        // swaps out (FixedOps.Relu), so this is the graph the Python loop trains, not DL4J's slower legacy relu
+        SameDiff sd = samediffpy.Training.load(a[0], true);
         int n = Integer.parseInt(a[2]);
         String[] feats = a[3].split(",");
         int warm = Integer.parseInt(a[4]), epochs = Integer.parseInt(a[5]);
