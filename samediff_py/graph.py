@@ -197,6 +197,9 @@ class Graph:
         self._counts: dict[str, int] = {}
         self._grad_key: tuple = ((), (), -1)
         self._need_cache: dict[tuple[str, ...], frozenset[str]] = {}  # output names -> ancestors
+        # What other modules derive once per graph and look up again (masked.rows: a mask's row index, which
+        # values hold zeros at padding...); here, not in module-level dicts, so it dies with the graph
+        self.memo: dict[str, dict[Any, Any]] = {}
 
     # ------------------------------------------------------------------ naming
     @contextlib.contextmanager

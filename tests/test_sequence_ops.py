@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from samediff_py import Graph, _jvm, masked, ops, padding, train
+from samediff_py.errors import JavaError
 from samediff_py.masked import AttentionParams, Masked
 from samediff_py.models import Encoder, EncoderConfig
 from samediff_py.testing import assert_pad_invariant
@@ -125,6 +126,40 @@ def test_conv1d_skips_the_input_gradient_over_data_and_survives_save_load(tmp_pa
     assert sorted(grads2) == sorted(grads) == ["b0", "w0", "w1"]
     for k in grads:
         np.testing.assert_array_equal(grads2[k], grads[k], err_msg=k)
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 4), (2, 1)])
+def test_conv1d_refuses_a_mask_of_another_batch_or_time_with_unknown_features(mask_shape):
+    """With the feature size unknown when building, the input's zeroing is libnd4j's select, which broadcasts a
+    mask of batch or time 1; the output gather's row check must then stay (it once read another row's values
+    as a padded step's: found by review)."""
+    g = Graph(seed=0)
+    x = g.placeholder("x", (None, None, None))
+    m = masked.mask_placeholder(g, "mask", allow_empty_rows=True)
+    y = masked.conv1d(Masked(x, m), g.variable("w", np.ones((1, 3, 1), np.float32)))
+    ms = np.ones(mask_shape, np.float32)
+    ms[..., -1] = 0
+    with pytest.raises(JavaError, match="Reshape|reshape"):
+        g.run({"x": np.ones((2, 4, 3), np.float32), "mask": ms}, y.value)
+
+
+def test_graphs_with_masked_ops_are_freed():
+    """What masked ops record per graph (row indices, shapes, zero-padded values) lives on the graph: in
+    module-level weak dicts, values pointing back at the graph kept every such graph alive."""
+    import gc
+    import weakref
+
+    def build():
+        g = Graph(seed=0)
+        x = g.placeholder("x", ("batch", "time", C))
+        m = masked.mask_placeholder(g, "mask")
+        h = masked.conv1d(Masked(x, m), g.variable("w", shape=(3, C, 2)), activation=ops.relu)
+        masked.mean_pool(h)
+        return weakref.ref(g)
+
+    ref = build()
+    gc.collect()
+    assert ref() is None
 
 
 def _conv_stack(side, dtype=np.float32):

@@ -45,7 +45,7 @@ import numpy as np
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import gather_rows, mark_zero_padded, record_flat, row_index, unflatten, zero_padding
+from .rows import gather_rows, mark_zero_padded, record_flat, row_index, shaped_by, unflatten, zero_padding
 from .value import Masked, require_masked
 
 __all__ = ["conv1d"]
@@ -133,8 +133,8 @@ def conv1d(
         rows = ops.reshape(y, (-1, c_out))  # [positions, out]
         if activation is not None:
             rows = activation(rows)
-        # exactly 0 at padded positions; xz has the mask's batch x time (zero_padding checked it, or a masked op
-        # made it), so these rows need no length check
-        flat = gather_rows(rows, row_index(x.mask), offsets=[0], check_length=False)
+        # exactly 0 at padded positions; when xz was reshaped to the mask's own [batch, time] (a zeroing's or
+        # a masked conv's output), its rows are the mask's and need no length check
+        flat = gather_rows(rows, row_index(x.mask), offsets=[0], check_length=not shaped_by(xz, x.mask))
     out = unflatten(flat, x.mask, (c_out,), name=stem)
     return Masked.derived(mark_zero_padded(record_flat(out, x.mask, flat), x.mask), x.mask)

@@ -16,7 +16,6 @@ masked layer pass its rows to the next.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,14 +26,16 @@ from ..graph import Var
 
 __all__ = ["mask_rows", "zero_padding"]
 
-# Per mask Var: its row index (built once per mask)
-_INDEX: weakref.WeakKeyDictionary[Var, Var] = weakref.WeakKeyDictionary()
-# Var -> the mask whose padded positions it holds as exact 0
-_ZERO: weakref.WeakKeyDictionary[Var, weakref.ref] = weakref.WeakKeyDictionary()
-# [batch, time, F...] Var -> (mask, [batch*time, prod(F)] Var with the same rows at the mask's VALID positions)
-_FLAT: weakref.WeakKeyDictionary[Var, tuple[weakref.ref, Var]] = weakref.WeakKeyDictionary()
-# Per mask Var: trailing sizes -> the [batch, time, *rest] shape Var (built once per mask and sizes)
-_SHAPE: weakref.WeakKeyDictionary[Var, dict[tuple[int, ...], Var]] = weakref.WeakKeyDictionary()
+
+def _memo(graph, kind: str) -> dict:
+    """One of the graph's records (``Graph.memo``), keyed by Var (identity).
+
+    ``row_index``: mask -> its row index; ``zero``: value -> the mask whose padded positions it holds as exact
+    0; ``flat``: value -> (mask, its ``[batch * time, prod(F)]`` rows at the mask's valid positions);
+    ``shape``: (mask, rest) -> the ``[batch, time, *rest]`` shape Var; ``shaped``: value -> the mask whose
+    batch and time it was reshaped to.
+    """
+    return graph.memo.setdefault("masked." + kind, {})
 
 
 def _seq():
@@ -50,11 +51,12 @@ def row_index(mask: Var) -> Var:
     Returns:
         ``[batch * time]`` int32 Var.
     """
-    idx = _INDEX.get(mask)
+    g = mask.graph
+    memo = _memo(g, "row_index")
+    idx = memo.get(mask)
     if idx is None:
-        g = mask.graph
         idx = g.op("mask_row_index", None, lambda n: _seq().maskRowIndex(g.sd, n, mask.j), (None,), np.int32, (mask,))
-        _INDEX[mask] = idx
+        memo[mask] = idx
     return idx
 
 
@@ -78,8 +80,8 @@ def gather_rows(
             is then read at most once per ``j``, and the gradient is a gather by the inverse index instead of
             libnd4j's scatter-add (~1 us per row). None: any index.
         check_length: with ``offsets``, check ``m == n * k`` at run time (an error instead of wrong rows when a
-            value's batch x time differs from its mask's). False only where ``flat``'s rows come from a value
-            already checked against the index's mask (:func:`mark_zero_padded`): four fewer op executions.
+            value's batch x time differs from its mask's). False only where ``flat``'s rows are those of a value
+            reshaped to the index's mask's own ``[batch, time]`` (:func:`shaped_by`): four fewer op executions.
 
     Returns:
         ``[m, F]`` Var of ``flat``'s dtype.
@@ -113,12 +115,12 @@ def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = No
     """
     g = flat.graph
     rest = tuple(int(r) for r in rest)
-    shapes = _SHAPE.setdefault(mask, {})
-    shape = shapes.get(rest)
+    shapes = _memo(g, "shape")
+    shape = shapes.get((mask, rest))
     if shape is None:
         build = lambda n: _seq().maskedShape(g.sd, mask.j, list(rest))  # noqa: E731
-        shape = shapes[rest] = g.op("masked_shape", None, build, (2 + len(rest),), np.int64, (mask,))
-    return g.op(
+        shape = shapes[mask, rest] = g.op("masked_shape", None, build, (2 + len(rest),), np.int64, (mask,))
+    out = g.op(
         "unflatten",
         name,
         lambda n: g.sd.reshape(n, flat.j, shape.j),
@@ -126,6 +128,21 @@ def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = No
         flat.dtype,
         (flat, shape),
     )
+    _memo(g, "shaped")[out] = mask
+    return out
+
+
+def shaped_by(value: Var, mask: Var) -> bool:
+    """Whether ``value`` was made by :func:`unflatten` with ``mask`` (so its batch and time are the mask's).
+
+    Args:
+        value: a Var.
+        mask: a ``[batch, time]`` mask.
+
+    Returns:
+        True if so.
+    """
+    return _memo(value.graph, "shaped").get(value) is mask
 
 
 def flat_rows(value: Var, mask: Var) -> Var:
@@ -140,8 +157,8 @@ def flat_rows(value: Var, mask: Var) -> Var:
     Returns:
         ``[batch * time, prod(F)]`` Var.
     """
-    hit = _FLAT.get(value)
-    if hit is not None and hit[0]() is mask:
+    hit = _memo(value.graph, "flat").get(value)
+    if hit is not None and hit[0] is mask:
         return hit[1]
     row = int(np.prod(value.shape[2:])) if value.rank > 2 else 1
     return ops.reshape(value, (-1, row))
@@ -158,16 +175,12 @@ def record_flat(value: Var, mask: Var, flat: Var) -> Var:
     Returns:
         ``value``.
     """
-    _FLAT[value] = (weakref.ref(mask), flat)
+    _memo(value.graph, "flat")[value] = (mask, flat)
     return value
 
 
 def mark_zero_padded(value: Var, mask: Var) -> Var:
     """Record that ``value`` holds exact zeros at ``mask``'s padded positions (so zeroing it again is skipped).
-
-    The record also promises that ``value`` has the mask's batch and time at run time (it was zeroed by a
-    length-checked gather, or computed position by position from such a value): :func:`masked.conv1d` gathers
-    its output rows without checking their number again.
 
     Args:
         value: ``[batch, time, ...]`` Var.
@@ -176,7 +189,7 @@ def mark_zero_padded(value: Var, mask: Var) -> Var:
     Returns:
         ``value``.
     """
-    _ZERO[value] = weakref.ref(mask)
+    _memo(value.graph, "zero")[value] = mask
     return value
 
 
@@ -190,8 +203,7 @@ def is_zero_padded(value: Var, mask: Var) -> bool:
     Returns:
         True if :func:`mark_zero_padded` recorded this pair.
     """
-    ref = _ZERO.get(value)
-    return ref is not None and ref() is mask
+    return _memo(value.graph, "zero").get(value) is mask
 
 
 def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0) -> Var:
