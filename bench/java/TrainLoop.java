@@ -10,9 +10,10 @@ import org.nd4j.linalg.factory.Nd4j;
  *
  *   java -cp jars/*:jars/classes:. TrainLoop MODEL DATA_DIR N_BATCHES FEATURES WARMUP_EPOCHS EPOCHS MODE
  *
- * loads MODEL (with updater state; samediff_py's loader, see main), batch b's feature f from DATA_DIR/b_f.npy, and runs EPOCHS passes of
- * sd.fit(MultiDataSet) over the batches after WARMUP_EPOCHS. MODE "plain": what a Java user writes; MODE
- * "loss": also records the loss of every step the way samediff_py does (samediffpy.Training.stepArrays).
+ * loads MODEL (with updater state; samediff_py's loader, see main), batch b's feature f from DATA_DIR/b_f.npy, and
+ * runs EPOCHS passes of sd.fit(MultiDataSet) over the batches after WARMUP_EPOCHS. MODE "plain": fit alone, as a
+ * Java user writes it; MODE "loss": also records the loss of every step the way samediff_py does
+ * (samediffpy.Training.stepArrays).
  * Prints "us_per_step <value>".
  */
 public class TrainLoop {

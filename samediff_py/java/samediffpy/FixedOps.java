@@ -328,10 +328,10 @@ public final class FixedOps {
     /**
      * For saving: every {@link Relu} of {@code sd} becomes DL4J's legacy relu op (the same libnd4j forward, cutoff
      * 0), which plain DL4J loads (it maps the custom {@code relu} op's hash to that legacy class and fails);
-     * returns the swapped ops for {@link #restoreRelus}. {@link #reluAfterLoading} undoes it in a loaded graph.
+     * each swap is appended to {@code swapped} as it is made, for {@link #restoreRelus}.
+     * {@link #reluAfterLoading} undoes it in a loaded graph.
      */
-    static List<Object[]> legacyRelus(SameDiff sd) {
-        List<Object[]> swapped = new java.util.ArrayList<>();
+    static void legacyRelus(SameDiff sd, List<Object[]> swapped) {
         for (SameDiffOp op : sd.getOps().values()) {
             if (!(op.getOp() instanceof Relu)) continue;
             RectifiedLinear legacy = new RectifiedLinear();
@@ -341,7 +341,6 @@ public final class FixedOps {
             swapped.add(new Object[]{op, op.getOp()});
             op.setOp(legacy);
         }
-        return swapped;
     }
 
     /** Puts back what {@link #legacyRelus} swapped. */
@@ -349,7 +348,7 @@ public final class FixedOps {
         for (Object[] s : swapped) ((SameDiffOp) s[0]).setOp((DifferentialFunction) s[1]);
     }
 
-    /** In a loaded graph: every legacy relu with cutoff 0 becomes a {@link Relu} (the same forward, a fast gradient). */
+    /** In a loaded graph: every legacy relu with cutoff 0 becomes a {@link Relu} (same forward, fast gradient). */
     static void reluAfterLoading(SameDiff sd) {
         for (SameDiffOp op : sd.getOps().values()) {
             DifferentialFunction f = op.getOp();

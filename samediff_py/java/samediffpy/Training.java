@@ -475,8 +475,9 @@ public final class Training {
         // the loss "evaluation"), so the loss hook is taken out for the save and put back after.
         TrainingConfig c = sd.getTrainingConfig();
         List<String> hooks = releaseDuringTraining(c);
-        List<Object[]> relus = FixedOps.legacyRelus(sd);  // plain DL4J loads only its legacy relu
+        List<Object[]> relus = new ArrayList<>();
         try {
+            FixedOps.legacyRelus(sd, relus);  // plain DL4J loads only its legacy relu
             sd.save(f, updaterState);
         } catch (RuntimeException e) {  // M2.1 wraps the IOException (disk full...): give the OS's reason
             throw new IOException(rootMessage(e), e);
