@@ -352,7 +352,7 @@ public final class Sequences {
      * (the filler row); k = 1, offset 0: {@link #maskRowIndex}. With {@code checkLength}, an index of
      * another length (a value whose batch x time differs from its mask's at run time) fails with an error
      * (the reshape to {@code [n, k]}, four small ops) instead of gathering wrong rows; without it, the caller
-     * guarantees the lengths match (its rows come from a value already checked against the same mask).
+     * guarantees the lengths match (its rows are those of a value reshaped to the same mask's own shape).
      */
     public static SDVariable gatherRowsShifted(SameDiff sd, String name, SDVariable flat, SDVariable index,
                                                double fill, long[] offsets, boolean checkLength) {
