@@ -143,6 +143,25 @@ def test_conv1d_refuses_a_mask_of_another_batch_or_time_with_unknown_features(ma
         g.run({"x": np.ones((2, 4, 3), np.float32), "mask": ms}, y.value)
 
 
+@pytest.mark.parametrize("mask", [[[1, 1, 1, 0]], [[1], [0]]])
+def test_select_zeroing_refuses_a_mask_of_batch_or_time_one(mask):
+    """The select-based zeroing (feature size unknown when building) reshapes the mask to the value's own batch
+    and time, so a mask of batch or time 1 fails instead of being broadcast over other rows (found by review);
+    a matching mask gives the exact zeros."""
+    from samediff_py.masked.rows import zero_padding
+
+    g = Graph(seed=0)
+    x = g.placeholder("x", (None, None, None))
+    m = masked.mask_placeholder(g, "mask", allow_empty_rows=True)
+    z = zero_padding(x, m)
+    xs = np.full((2, 4, 3), np.nan, np.float32)
+    with pytest.raises(JavaError, match="mask_must_match_value"):
+        g.run({"x": xs, "mask": np.array(mask, np.float32)}, z)
+    ok = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], np.float32)
+    out = g.run({"x": np.ones_like(xs), "mask": ok}, z)
+    np.testing.assert_array_equal(out, np.broadcast_to(ok[..., None], (2, 4, 3)))
+
+
 def test_graphs_with_masked_ops_are_freed():
     """What masked ops record per graph (row indices, shapes, zero-padded values) lives on the graph: in
     module-level weak dicts, values pointing back at the graph kept every such graph alive."""

@@ -242,6 +242,9 @@ def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0)
 def valid_condition(mask: Var, like: Var) -> Var:
     """A bool Var of ``like``'s shape: True at valid positions (libnd4j's select does not broadcast).
 
+    The mask is first reshaped to ``like``'s own batch and time, so a mask of batch or time 1 against a larger
+    value fails at run time instead of being broadcast (a mask for other rows).
+
     Args:
         mask: ``[batch, time]`` float mask (1 = valid).
         like: ``[batch, time, ...]`` Var whose shape the result takes.
@@ -249,7 +252,9 @@ def valid_condition(mask: Var, like: Var) -> Var:
     Returns:
         bool Var of ``like``'s shape.
     """
-    m = mask
+    g = mask.graph
+    build = lambda n: _seq().maskAs(g.sd, n, mask.j, like.j)  # noqa: E731
+    m = g.op("mask_must_match_value", None, build, (like.shape[0], like.shape[1]), mask.dtype, (mask, like))
     for _ in range(like.rank - 2):
         m = ops.expand_dims(m, -1)
     return ops.greater(ops.add(m, ops.zeros_like(like, dtype=mask.dtype)), 0.5)

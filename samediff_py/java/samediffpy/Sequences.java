@@ -376,6 +376,15 @@ public final class Sequences {
     }
 
     /**
+     * {@code mask [B', T']} reshaped to {@code like}'s leading {@code [B, T]} at run time: an error unless
+     * {@code B' * T' == B * T} (masked.rows.valid_condition, whose broadcast would take a mask of batch or time 1).
+     */
+    public static SDVariable maskAs(SameDiff sd, String name, SDVariable mask, SDVariable like) {
+        SDVariable lead = sd.stridedSlice(sd.shape(like), new long[]{0}, new long[]{2}, new long[]{1});
+        return sd.reshape(name, mask, lead);
+    }
+
+    /**
      * The shape {@code [B, T, rest...]}, B and T taken from the mask at run time (masked.rows.unflatten builds
      * it once per mask and trailing shape, and reshapes every value of that shape with it).
      */
