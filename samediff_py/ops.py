@@ -1042,8 +1042,8 @@ def select_rows(cond: Var, x: Var, y: Var, name: str | None = None) -> Var:
 
     A SELECT like :func:`where` (the unchosen row is never read; its gradient is exactly 0), but one vector copy
     per row: libnd4j's elementwise select reads and writes element by element (~80 ns each: 40 ms for a
-    ``[16, 128, 256]`` activation), its row form copies whole rows. (The masked ops zero padding with a row
-    gather instead, :func:`samediff_py.masked.rows.mask_rows`, which is faster still.)
+    ``[16, 128, 256]`` activation), its row form copies whole rows. (The masked ops zero padding with one
+    ``divide_no_nan`` by the mask instead, :func:`samediff_py.masked.rows.zero_padding`, which is faster still.)
 
     Args:
         cond: 1-D bool Var of length ``x.shape[0]``.

@@ -121,6 +121,7 @@ def test_conv1d_skips_the_input_gradient_over_data_and_survives_save_load(tmp_pa
     grads = g.gradients(feeds, "loss")
     g2 = checkpoint.load(checkpoint.save(g, tmp_path / "conv.sdz"))
     assert set(fixed.opClasses(g2.sd, "conv1d")) == {"samediffpy.Sequences$FastConv1D"}
+    assert set(fixed.opClasses(g2.sd, "divide_no_nan")) == {"samediffpy.FixedOps$ZeroPadded"}  # the zeroings
     np.testing.assert_array_equal(g2.run(feeds, "top"), g.run(feeds, "top"))
     grads2 = g2.gradients(feeds, "loss")
     assert sorted(grads2) == sorted(grads) == ["b0", "w0", "w1"]
@@ -130,9 +131,9 @@ def test_conv1d_skips_the_input_gradient_over_data_and_survives_save_load(tmp_pa
 
 @pytest.mark.parametrize("mask_shape", [(1, 4), (2, 1)])
 def test_conv1d_refuses_a_mask_of_another_batch_or_time_with_unknown_features(mask_shape):
-    """With the feature size unknown when building, the input's zeroing is libnd4j's select, which broadcasts a
-    mask of batch or time 1; the output gather's row check must then stay (it once read another row's values
-    as a padded step's: found by review)."""
+    """A mask of batch or time 1 against a larger input fails instead of being broadcast over other rows (it
+    once read another row's values as a padded step's: found by review): the zeroing reshapes the mask to the
+    value's own batch and time."""
     g = Graph(seed=0)
     x = g.placeholder("x", (None, None, None))
     m = masked.mask_placeholder(g, "mask", allow_empty_rows=True)
@@ -144,10 +145,10 @@ def test_conv1d_refuses_a_mask_of_another_batch_or_time_with_unknown_features(ma
 
 
 @pytest.mark.parametrize("mask", [[[1, 1, 1, 0]], [[1], [0]]])
-def test_select_zeroing_refuses_a_mask_of_batch_or_time_one(mask):
-    """The select-based zeroing (feature size unknown when building) reshapes the mask to the value's own batch
-    and time, so a mask of batch or time 1 fails instead of being broadcast over other rows (found by review);
-    a matching mask gives the exact zeros."""
+def test_zeroing_refuses_a_mask_of_batch_or_time_one(mask):
+    """The zeroing (here with the feature size unknown when building) reshapes the mask to the value's own
+    batch and time, so a mask of batch or time 1 fails instead of being broadcast over other rows (found by
+    review); a matching mask gives the exact zeros."""
     from samediff_py.masked.rows import zero_padding
 
     g = Graph(seed=0)
@@ -599,6 +600,66 @@ def test_mask_rows_equals_select(shape, dtype, fill):
     ga, gb = g.gradients({"x": xs, "mask": ms}, la, [x, w]), g.gradients({"x": xs, "mask": ms}, lb, [x, w])
     for k in ga:
         np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, known", [((3, 5), True), ((3, 5, 4), True), ((3, 5, 2, 3), True), ((3, 5, 4), False)])
+def test_zero_padding_is_exact_with_an_exact_gradient(shape, known, dtype):
+    """masked.rows.zero_padding (divide_no_nan by the mask, FixedOps.ZeroPadded): valid values bit for bit
+    (NaN, inf, -0.0 included), exactly +0.0 at padding whatever it held, a fully padded row all zeros; the
+    gradient is the upstream one at valid positions and exactly 0 at padded ones even where the upstream is
+    NaN (x * mask would give NaN there); the same values and gradients as libnd4j's select (select_where)."""
+    from samediff_py.masked.rows import select_where, zero_padding
+
+    g = Graph(seed=15, dtype=dtype)
+    x = g.placeholder("x", ("batch", "time", *shape[2:]) if known else (None, None, None))
+    m = masked.mask_placeholder(g, "mask", padding="any", allow_empty_rows=True)
+    w = g.variable("w", np.ones(shape[2:] or ()))
+    h = ops.multiply(x, w)  # x * 1: a trainable path for the gradient w.r.t. w
+    z, s = zero_padding(h, m), select_where(h, m)
+    assert len(_jvm.jclass("samediffpy.FixedOps").opClasses(g.sd, "divide_no_nan")) == 1
+    rng = np.random.default_rng(17)
+    ms = np.array([[1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype)
+    xs = rng.normal(size=shape).astype(dtype)
+    xs[0, 0], xs[0, 2], xs[2, 4] = np.nan, -np.inf, -0.0  # valid
+    xs[0, 1], xs[0, 4], xs[1] = np.nan, np.inf, -0.0  # padded
+    vz, vs = g.run({"x": xs, "mask": ms}, [z, s])
+    assert vz.tobytes() == np.where(ms.reshape(ms.shape + (1,) * (len(shape) - 2)) > 0, xs, 0.0).astype(dtype).tobytes()
+    np.testing.assert_array_equal(vz, vs)
+    c = rng.normal(size=shape)
+    c[ms == 0] = np.nan  # a NaN upstream gradient at every padded position
+    loss = ops.sum(ops.multiply(z, g.constant("c", c)))
+    xf = np.nan_to_num(xs, posinf=3.0, neginf=-3.0)
+    grads = g.gradients({"x": xf, "mask": ms}, loss, [x, w])
+    want = np.where(ms.reshape(ms.shape + (1,) * (len(shape) - 2)) > 0, c, 0.0)
+    np.testing.assert_array_equal(grads["x"], want.astype(dtype))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(grads["w"], (want * xf).sum((0, 1)), rtol=tol, atol=tol)
+    cs = np.nan_to_num(c)  # the select's gradient on a finite upstream: the same
+    ls_, lz = (ops.sum(ops.multiply(v, g.constant(f"c{i}", cs))) for i, v in enumerate((s, z)))
+    gs, gz = g.gradients({"x": xf, "mask": ms}, ls_, [x, w]), g.gradients({"x": xf, "mask": ms}, lz, [x, w])
+    for k in gs:
+        np.testing.assert_array_equal(gz[k], gs[k], err_msg=k)
+
+
+def test_divide_no_nan_keeps_its_own_gradient_unless_it_is_a_mask_zeroing():
+    """The registered class changes the gradient only of the masks' zeroing (the marker argument, a factor with
+    nothing trainable upstream): a divisor with a trainable variable upstream gets M2.1's gradient, which
+    reaches that variable (d(x / (m * v)) / dv = -x / (m v^2) where m = 1)."""
+    from samediff_py.masked.rows import mask_factor
+
+    fixed = _jvm.jclass("samediffpy.FixedOps")
+    g = Graph(seed=1, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 2))
+    m = masked.mask_placeholder(g, "mask")
+    v = g.variable("v", np.array(2.0))
+    factor = ops.multiply(mask_factor(m, x), v)
+    out = g.op("div", None, lambda n: fixed.zeroPadded(g.sd, n, x.j, factor.j), x.shape, x.dtype, (x, factor))
+    loss = ops.sum(out)
+    xs = np.arange(12.0).reshape(2, 3, 2)
+    grads = g.gradients({"x": xs, "mask": np.ones((2, 3))}, loss, [x, v])
+    np.testing.assert_allclose(grads["x"], np.full_like(xs, 0.5))
+    np.testing.assert_allclose(grads["v"], -xs.sum() / 4.0)
 
 
 @pytest.mark.parametrize("pad, k, d", [("same", 3, 1), ("same", 4, 2), ("causal", 2, 3)])

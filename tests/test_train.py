@@ -464,7 +464,8 @@ def test_plain_java_program_runs_the_saved_model(tmp_path):
 
 def test_encoder_checkpoint_loads_in_python_and_java_and_resumes_identically(tmp_path):
     """The MLM encoder (gather embedding, attention, fused layer norm, rank-3 matmuls, the loss and accuracy
-    over the counted rows: Where, gathers, the sparse cross-entropy) through save/load: it trains on in
+    over the counted rows: Where, gathers, the sparse cross-entropy; the masks' zeroing, divide_no_nan with
+    samediff_py's marker argument) through save/load: it trains on in
     Python exactly as the original does, and a plain Java program WITHOUT samediff_py's classes on its
     classpath (stock DL4J op classes only) loads the file and computes the same logits, loss and accuracy.
     M2.1's loader wires auto-named ops to same-named variables unless op names match their outputs."""
@@ -473,7 +474,7 @@ def test_encoder_checkpoint_loads_in_python_and_java_and_resumes_identically(tmp
 
     m = M.build(M.VARIANTS[0])
     ops_in_graph = {op.getOp().opName() for op in m.graph.sd.getOps().values().toArray()}
-    assert {"gather", "Where", "sparse_softmax_cross_entropy_loss_with_logits"} <= ops_in_graph
+    assert {"gather", "Where", "sparse_softmax_cross_entropy_loss_with_logits", "divide_no_nan"} <= ops_in_graph
     batches = list(M.batches(seed=3, steps=3, batch=8))
     trainer = train.Trainer(m.graph, m.loss, "adam", lr=3e-3)
     trainer.step(batches[0])

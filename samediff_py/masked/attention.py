@@ -23,9 +23,9 @@ or ``[B, H, Tk, Tq]`` masks are refused), so the causal path runs the batched-he
 
 :func:`samediff_py.ops.softmax` shifts each row by its maximum: a padded query of a left-padded row has no
 allowed key, and M2.1's float64 softmax over the last axis returns NaN for rows whose entries are all below
-about -745; shifted, no row is. Outputs and weight rows at padded queries are then set to 0 (a row gather,
-:func:`~samediff_py.masked.rows.mask_rows`, and a select for the weights), so a fully padded row gives zeros
-with zero gradients.
+about -745; shifted, no row is. Outputs and weight rows at padded queries are then set to exactly 0
+(:func:`~samediff_py.masked.rows.zero_padding`, one elementwise op), so a fully padded row gives zeros with
+zero gradients.
 
 Causal attention is pad-invariant for right AND left padding (positions are compared by index, and padded
 keys get exactly 0 weight), with the same parameters (:class:`AttentionParams`, optional biases included).
@@ -42,7 +42,7 @@ import numpy as np
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Graph, Var
-from .rows import valid_condition, zero_padding
+from .rows import zero_padding
 from .value import Masked, require_masked, select_valid, valid_counts
 
 __all__ = [
@@ -298,9 +298,8 @@ def multi_head_attention(
             return result
         w_raw = g.op("dl4j_mha_weights", None, build(True), (b_, heads, tk, tq), query.dtype, parents)
         w = ops.transpose(w_raw, (0, 1, 3, 2), name="weights_qk")  # -> [batch, heads, Tq, Tk]
-        keep = ops.transpose(valid_condition(keep_q, ops.transpose(w, (0, 2, 1, 3))), (0, 2, 1, 3))
-        weights = ops.where(keep, w, ops.zeros_like(w), name="weights", same_shape=True)
-        return result, weights
+        w_q = select_valid(ops.transpose(w, (0, 2, 1, 3)), keep_q)  # [B, Tq, H, Tk], zero rows where not kept
+        return result, ops.transpose(w_q, (0, 2, 1, 3), name="weights")
 
 
 def _project_heads(x: Var, w: Var, b: Var | None, heads: int, hs: int) -> Var:
@@ -499,6 +498,6 @@ def causal_attention(
     if not return_weights:
         return result
     with g.scope(stem):
-        q_valid = ops.transpose(valid_condition(mask, ops.transpose(p, (0, 2, 1, 3))), (0, 2, 1, 3))
-        weights = ops.where(q_valid, p, ops.zeros_like(p), name="weights", same_shape=True)
+        w_q = zero_padding(ops.transpose(p, (0, 2, 1, 3)), mask)  # [B, Tq, H, Tk], zero rows at padded queries
+        weights = ops.transpose(w_q, (0, 2, 1, 3), name="weights")
     return result, weights

@@ -2,8 +2,8 @@
 
 A valid position next to padding must see exactly what it would see in the row alone, truncated, where the
 convolution's own zero padding lies past the row's ends. So the input's padded positions are set to exactly zero
-before the convolution (whatever they held: NaN, inf; a row gather that reads a zero row there, never a
-multiplication by the mask), and the output's padded positions after it. Both right and left padding are then
+before the convolution (whatever they held: NaN, inf; ``divide_no_nan`` by the mask, never a multiplication by
+it), and the output's padded positions after it. Both right and left padding are then
 pad-invariant, for ``"same"`` and ``"causal"`` padding and any dilation (a stack of layers too: each layer's
 output is already zero at padding, so the next one reads it as it is). Stride > 1 is not offered: left
 padding would shift the stride phase.
@@ -17,7 +17,7 @@ padding    definition (k = kernel width, d = dilation; zeros outside each row's 
 =========  ========================================================================================
 
 Weights ``[k, in, out]``. At dilation 1, DL4J's own ``conv1d`` (``NWC``, ``SAME`` / ``CAUSAL`` mode) runs
-between the two zeroings (each a row gather, ``masked.rows``); over data (nothing trainable upstream) its
+between the two zeroings (each one elementwise op, ``masked.rows``); over data (nothing trainable upstream) its
 gradient leaves out the input's, as PyTorch's does (``Sequences.FastConv1D``). Dilation > 1 fails in M2.1's
 oneDNN convolution for most kernel widths, so there the taps are laid side by side (one pad, k strided slices,
 one concat) and multiplied by the ``[k * in, out]`` kernel at once. Both are checked against numpy (float32
@@ -45,12 +45,14 @@ import numpy as np
 from .. import _jvm, ops
 from ..errors import MaskError
 from ..graph import Var
-from .rows import gather_rows, mark_zero_padded, record_flat, row_index, shaped_by, unflatten, zero_padding
+from .rows import mark_shaped, shaped_by, unflatten, zero_padding
 from .value import Masked, require_masked
 
 __all__ = ["conv1d"]
 
 _MODES = {"same": 1, "causal": 2}
+# activations applied to the [batch, time, out] output as it is (elementwise: the same values as on rows)
+_ELEMENTWISE = (ops.relu, ops.tanh, ops.sigmoid, ops.gelu)
 
 
 def conv1d(
@@ -72,7 +74,8 @@ def conv1d(
         dilation: spacing between kernel taps (>= 1).
         padding: ``"same"`` (centred window) or ``"causal"`` (only past and present steps).
         activation: optional elementwise (or per-row) function, applied to the ``[positions, out]`` rows
-            before the padded positions are zeroed.
+            before the padded positions are zeroed (``ops.relu``, ``tanh``, ``sigmoid`` and ``gelu``, elementwise,
+            to the ``[batch, time, out]`` output as it is: the same values, two reshapes fewer).
         name: name of the output node.
 
     Returns:
@@ -130,11 +133,11 @@ def conv1d(
             y = ops.matmul(wide, ops.reshape(w, (k * c_in, c_out)))
             if b is not None:
                 y = ops.add(y, b)
-        rows = ops.reshape(y, (-1, c_out))  # [positions, out]
-        if activation is not None:
-            rows = activation(rows)
-        # exactly 0 at padded positions; when xz was reshaped to the mask's own [batch, time] (a zeroing's or
-        # a masked conv's output), its rows are the mask's and need no length check
-        flat = gather_rows(rows, row_index(x.mask), offsets=[0], check_length=not shaped_by(xz, x.mask))
-    out = unflatten(flat, x.mask, (c_out,), name=stem)
-    return Masked.derived(mark_zero_padded(record_flat(out, x.mask, flat), x.mask), x.mask)
+        if shaped_by(xz, x.mask):
+            mark_shaped(y, x.mask)  # a stride-1 convolution keeps its input's batch and time
+        if activation in _ELEMENTWISE:
+            y = mark_shaped(activation(y), x.mask) if shaped_by(y, x.mask) else activation(y)
+        elif activation is not None:
+            y = unflatten(activation(ops.reshape(y, (-1, c_out))), x.mask, (c_out,))  # on [positions, out] rows
+    # exactly 0 at padded positions (one elementwise op; no run-time check when y has the mask's batch and time)
+    return Masked.derived(zero_padding(y, x.mask, name=stem), x.mask)

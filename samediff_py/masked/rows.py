@@ -1,17 +1,18 @@
-"""Zeroing padded positions fast: a row gather instead of libnd4j's element-wise ``select``.
+"""Zeroing padded positions exactly and fast, and the row gathers masked layers are built from.
 
-``mask_rows(value, mask)`` gives exactly what ``select_valid(value, mask)`` gives (the value at valid positions,
-0 at padded ones, whatever they held: NaN, inf, 1e30; no gradient into padding), for ``[batch, time, F...]``
-values with static trailing dimensions: the rows of ``value`` (one per position) followed by one zero row are
-gathered, padded positions reading the zero row. Its gradient is a gather too: each row is read by its own
-position or by none, so row ``r`` gets position ``r``'s upstream gradient if ``r`` is valid, else exactly 0
-(NaN upstream at padding included), with no scatter-add (``gather_rows(offsets=...)``).
+``zero_padding(value, mask)`` is one elementwise op, libnd4j's ``divide_no_nan(value, factor)`` with the mask as
+a ``[batch, time, 1...]`` factor: ``x / 1`` is ``x`` bit for bit (NaN, inf and -0.0 included) and a padded position
+is exactly +0.0 whatever it held (``x * mask`` gives NaN for NaN or inf there). Its gradient (registered for the
+JVM, ``FixedOps.ZeroPadded``) is the same op on the upstream gradient: exactly 0 into padding, even for a NaN
+upstream. At ``[32, 128, 128]`` float32 it takes ~0.35 ms forward, where the row gather it replaces took ~1 ms in
+four ops (libnd4j's elementwise ``select``: 39 ms); bench/FINDINGS.md.
 
-libnd4j's elementwise ``select`` reads and writes element by element: at ``[32, 128, 128]`` float32 it takes
-39 ms forward (100 ms forward + backward) where the row gather takes 2.3 ms (38 ms with the scatter-add backward
-of a plain gather, ~3 ms with the gather backward); bench/FINDINGS.md.
-This module also records which values are already zero at padding (zeroing them again is skipped) and lets a
-masked layer pass its rows to the next.
+``mask_rows(value, mask, fill)`` (a filler other than 0) gathers the ``[batch * time, F]`` rows of ``value`` and
+one filler row, padded positions reading the filler; its gradient is a gather too: each row is read by its own
+position or by none, so row ``r`` gets position ``r``'s upstream gradient if ``r`` is valid, else exactly 0,
+with no scatter-add (``gather_rows(offsets=...)``).
+This module also records which values are already zero at padding (zeroing them again is skipped) and which
+were reshaped to their mask's own batch and time (their zeroing needs no run-time check).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .. import _jvm, ops
+from .. import _jvm, arrays, ops
 from ..errors import MaskError
 from ..graph import Var
 
-__all__ = ["mask_rows", "zero_padding"]
+__all__ = ["mask_factor", "mask_rows", "zero_padding"]
 
 
 def _memo(graph, kind: str) -> dict:
@@ -33,7 +34,8 @@ def _memo(graph, kind: str) -> dict:
     ``row_index``: mask -> its row index; ``zero``: value -> the mask whose padded positions it holds as exact
     0; ``flat``: value -> (mask, its ``[batch * time, prod(F)]`` rows at the mask's valid positions);
     ``shape``: (mask, rest) -> the ``[batch, time, *rest]`` shape Var; ``shaped``: value -> the mask whose
-    batch and time it was reshaped to.
+    batch and time it has (reshaped to them, or checked against them); ``factor``: (mask, rank, dtype) -> the
+    mask as a factor for such values (:func:`mask_factor`).
     """
     return graph.memo.setdefault("masked." + kind, {})
 
@@ -277,26 +279,85 @@ def select_where(value: Var, mask: Var, fill: float = 0.0) -> Var:
     return ops.where(valid_condition(mask, value), value, filler, same_shape=True)
 
 
-def zero_padding(value: Var, mask: Var, name: str | None = None) -> Var:
-    """``value`` with exact zeros at padded positions.
+def mask_factor(mask: Var, like: Var) -> Var:
+    """The mask as a ``[batch, time, 1...]`` factor of ``like``'s rank and dtype (1 = valid).
 
-    ``value`` itself if it is already known to hold them (and no ``name`` is asked for), else :func:`mask_rows`
-    where the feature dims are known, else :func:`select_where`.
+    Reshaped to ``like``'s own batch and time at run time, so a mask of batch or time 1 against a larger value
+    fails there (the op ``mask_must_match_value`` is named in the error) instead of being broadcast over other
+    rows. For a value :func:`shaped_by` the mask, the factor is built once per mask, rank and dtype.
+
+    Args:
+        mask: ``[batch, time]`` float mask (1 = valid).
+        like: ``[batch, time, ...]`` Var.
+
+    Returns:
+        Var of rank ``like.rank`` and ``like``'s dtype.
+    """
+    g = mask.graph
+    dtype = _jvm.dtype_enum(arrays.ND4J_DTYPES[np.dtype(like.dtype)])
+    shape = (like.shape[0], like.shape[1]) + (1,) * (like.rank - 2)
+    if not shaped_by(like, mask):
+        build = lambda n: _seq().maskFactor(g.sd, n, mask.j, like.j, like.rank, dtype)  # noqa: E731
+        return g.op("mask_must_match_value", None, build, shape, like.dtype, (mask, like))
+    key = (mask, like.rank, np.dtype(like.dtype).name)
+    factors = _memo(g, "factor")
+    if key not in factors:
+        build = lambda n: _seq().maskFactor(g.sd, n, mask.j, None, like.rank, dtype)  # noqa: E731
+        factors[key] = g.op("mask_factor", None, build, shape, like.dtype, (mask,))
+    return factors[key]
+
+
+def mark_shaped(value: Var, mask: Var) -> Var:
+    """Record that ``value``'s batch and time are ``mask``'s own (see :func:`shaped_by`).
 
     Args:
         value: ``[batch, time, ...]`` Var.
+        mask: its ``[batch, time]`` mask.
+
+    Returns:
+        ``value``.
+    """
+    _memo(value.graph, "shaped")[value] = mask
+    return value
+
+
+def zero_padding(value: Var, mask: Var, name: str | None = None) -> Var:
+    """``value`` with exact zeros at padded positions, and exactly its own values (NaN, inf, -0.0) elsewhere.
+
+    ``value`` itself if it is already known to hold them (and no ``name`` is asked for); else one
+    ``divide_no_nan(value, factor)`` (:func:`mask_factor`; the module docstring). The gradient into padded
+    positions is exactly 0.
+
+    Args:
+        value: ``[batch, time, ...]`` Var (its trailing dims may be unknown).
         mask: ``[batch, time]`` mask (0/1).
         name: optional name of the output node.
 
     Returns:
         Var of ``value``'s shape and dtype.
+
+    >>> import numpy as np
+    >>> from samediff_py import Graph, masked
+    >>> g = Graph()
+    >>> x = g.placeholder("x", ("batch", "time", 2))
+    >>> m = masked.mask_placeholder(g, "mask")
+    >>> g.run({"x": [[[1.0, -0.0], [np.nan, np.inf]]], "mask": [[1, 0]]}, zero_padding(x, m))
+    array([[[ 1., -0.],
+            [ 0.,  0.]]], dtype=float32)
     """
     if name is None and is_zero_padded(value, mask):
         return value
-    if value.rank >= 2 and None not in value.shape[2:]:
-        return mask_rows(value, mask, name=name)
-    out = select_where(value, mask)
-    if name is not None:
-        out = value.graph.op("zero_padding", name, lambda n: value.graph.sd.identity(n, out.j), out.shape, out.dtype,
-                             (out,))  # fmt: skip
-    return mark_zero_padded(out, mask)
+    if value.rank < 2 or mask.rank != 2:
+        raise MaskError(f"zero_padding takes a [batch, time, ...] value and a [batch, time] mask, got {value.shape}")
+    g = value.graph
+    factor = mask_factor(mask, value)
+    fixed = _jvm.jclass("samediffpy.FixedOps")
+    out = g.op(
+        "zero_padding",
+        name,
+        lambda n: fixed.zeroPadded(g.sd, n, value.j, factor.j),
+        value.shape,
+        value.dtype,
+        (value, factor),
+    )
+    return mark_zero_padded(mark_shaped(out, mask), mask)

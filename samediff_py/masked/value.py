@@ -35,7 +35,7 @@ from .. import ops
 from ..errors import MaskError
 from ..graph import Graph, Var
 from ..padding import SIDES
-from .rows import is_zero_padded, mask_rows, select_where
+from .rows import mask_rows, select_where, zero_padding
 
 __all__ = [
     "Masked",
@@ -123,13 +123,12 @@ def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
     A SELECT, so NaN/inf at padding never leaks (``x * 0`` is NaN for x = NaN or inf); the gradient into padded
     positions is exactly 0.
 
-    Built as a row gather (:func:`samediff_py.masked.rows.mask_rows`): the ``[batch * time, features]`` rows
-    of ``value`` and one filler row, padded positions picking the filler. Padded values are never read, and
-    their rows' gradient is exactly 0 (the gather's gradient is a gather by the same index). libnd4j's
-    elementwise ``select`` does
-    the same in ~15x the time (it reads every element through a generic per-element accessor: 39 ms vs 2.3 ms
-    for a [32, 128, 128] float32 value, bench/FINDINGS.md), so it is used only where the feature shape is
-    unknown when building.
+    With ``fill == 0`` (the masked ops' case) it is :func:`samediff_py.masked.rows.zero_padding`: one
+    ``divide_no_nan`` by the mask (``x / 1`` is ``x`` bit for bit; the divisor 0 gives exactly 0), ~0.35 ms for a
+    ``[32, 128, 128]`` float32 value. Another ``fill`` is a row gather (:func:`samediff_py.masked.rows.mask_rows`:
+    the ``[batch * time, features]`` rows of ``value`` and one filler row, padded positions picking the filler;
+    ~1 ms there), or, where the feature shape is unknown when building, libnd4j's elementwise ``select`` (39 ms
+    there: it reads every element through a generic per-element accessor; bench/FINDINGS.md).
 
     Args:
         value: ``[batch, time, ...]`` Var.
@@ -139,8 +138,8 @@ def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
     Returns:
         Var of ``value``'s shape and dtype.
     """
-    if fill == 0.0 and is_zero_padded(value, mask):
-        return value  # already selected (e.g. the value of a Masked): gathering again would change nothing
+    if fill == 0.0:
+        return zero_padding(value, mask)  # itself if already zero at padding (e.g. the value of a Masked)
     if value.rank < 2 or None in value.shape[2:]:
         return select_where(value, mask, fill)
     return mask_rows(value, mask, fill=fill)

@@ -385,6 +385,26 @@ public final class Sequences {
     }
 
     /**
+     * The mask as a factor for {@code like [B, T, F...]}: reshaped to like's own B and T (a mask of batch or
+     * time 1 against a larger value fails here instead of broadcasting over other rows), then to rank
+     * {@code rank} with trailing 1s, cast to {@code dtype}. {@code like} null: the mask's own B and T (for values
+     * known to have them).
+     */
+    public static SDVariable maskFactor(SameDiff sd, String name, SDVariable mask, SDVariable like, int rank,
+                                        DataType dtype) {
+        SDVariable lead = like == null ? sd.shape(mask)
+                : sd.stridedSlice(sd.shape(like), new long[]{0}, new long[]{2}, new long[]{1});
+        SDVariable shape = lead;
+        if (rank > 2) {
+            long[] ones = new long[rank - 2];
+            Arrays.fill(ones, 1L);
+            shape = sd.concat(0, lead, sd.constant(Nd4j.createFromArray(ones).castTo(lead.dataType())));
+        }
+        SDVariable m = mask.dataType() == dtype ? mask : sd.castTo(mask, dtype);
+        return sd.reshape(name, m, shape);
+    }
+
+    /**
      * The shape {@code [B, T, rest...]}, B and T taken from the mask at run time (masked.rows.unflatten builds
      * it once per mask and trailing shape, and reshapes every value of that shape with it).
      */
@@ -508,6 +528,9 @@ public final class Sequences {
         }
 
         /** Whether a trainable float variable feeds {@code v}, through any chain of ops. */
+        private static final java.util.Set<String> SHAPE_OPS =
+                new java.util.HashSet<>(Arrays.asList("shape_of", "shapes_of", "size_at", "size", "rank"));
+
         static boolean trainableUpstream(SameDiff sd, SDVariable v) {
             java.util.ArrayDeque<SDVariable> todo = new java.util.ArrayDeque<>(Collections.singletonList(v));
             java.util.Set<String> seen = new java.util.HashSet<>();
@@ -517,7 +540,8 @@ public final class Sequences {
                 if (u.getVariableType() == org.nd4j.autodiff.samediff.VariableType.VARIABLE
                         && u.dataType().isFPType()) return true;
                 org.nd4j.autodiff.functions.DifferentialFunction op = sd.getVariableOutputOp(u.name());
-                if (op != null) todo.addAll(Arrays.asList(op.args()));
+                // a shape carries no gradient: a value's size read off a trainable one does not count
+                if (op != null && !SHAPE_OPS.contains(op.opName())) todo.addAll(Arrays.asList(op.args()));
             }
             return false;
         }
