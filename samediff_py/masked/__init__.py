@@ -4,7 +4,7 @@
 mask placeholders, per-position maps, pooling), ``attention`` (multi-head attention, bidirectional and causal),
 ``recurrent`` (LSTM, GRU), ``conv`` (1-d convolution), ``positions`` (position ids from the mask),
 ``counted`` (the counted positions gathered into rows, for heads that only matter where a label counts),
-``losses`` (cross-entropy, metrics) and ``rows`` (zeroing padding by row gathers, which the others use).
+``losses`` (cross-entropy, metrics) and ``rows`` (zeroing padding exactly, and row gathers, which the others use).
 The numpy helpers for padded batches (``pad_batch``, ``mask_from_lengths``...) live in
 :mod:`samediff_py.padding` and are re-exported here.
 
