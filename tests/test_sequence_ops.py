@@ -643,23 +643,53 @@ def test_zero_padding_is_exact_with_an_exact_gradient(shape, known, dtype):
 
 
 def test_divide_no_nan_keeps_its_own_gradient_unless_it_is_a_mask_zeroing():
-    """The registered class changes the gradient only of the masks' zeroing (the marker argument, a factor with
-    nothing trainable upstream): a divisor with a trainable variable upstream gets M2.1's gradient, which
-    reaches that variable (d(x / (m * v)) / dv = -x / (m v^2) where m = 1)."""
-    from samediff_py.masked.rows import mask_factor
-
-    fixed = _jvm.jclass("samediffpy.FixedOps")
+    """The registered class changes the gradient only of the masks' zeroing (the marker argument): a plain
+    divide_no_nan (DL4J's class, no marker) keeps M2.1's gradient, which reaches a trainable divisor
+    (d(x / v) / dv = -x / v^2; a divisor of the value's shape: M2.1's is not right for a broadcast one)."""
+    plain = _jvm.jclass("org.nd4j.linalg.api.ops.custom.DivideNoNan")
     g = Graph(seed=1, dtype=np.float64)
-    x = g.placeholder("x", ("batch", "time", 2))
-    m = masked.mask_placeholder(g, "mask")
-    v = g.variable("v", np.array(2.0))
-    factor = ops.multiply(mask_factor(m, x), v)
-    out = g.op("div", None, lambda n: fixed.zeroPadded(g.sd, n, x.j, factor.j), x.shape, x.dtype, (x, factor))
+    x = g.placeholder("x", (2, 3, 2))
+    v = g.variable("v", np.full((2, 3, 2), 2.0))
+    out = g.op("div", None, lambda n: g.sd.updateVariableNameAndReference(plain(g.sd, x.j, v.j).outputVariable(), n),
+               x.shape, x.dtype, (x, v))  # fmt: skip
     loss = ops.sum(out)
     xs = np.arange(12.0).reshape(2, 3, 2)
-    grads = g.gradients({"x": xs, "mask": np.ones((2, 3))}, loss, [x, v])
+    grads = g.gradients({"x": xs}, loss, [x, v])
     np.testing.assert_allclose(grads["x"], np.full_like(xs, 0.5))
-    np.testing.assert_allclose(grads["v"], -xs.sum() / 4.0)
+    np.testing.assert_allclose(grads["v"], -xs / 4.0)
+
+
+def test_a_mask_derived_from_a_trainable_value_gets_no_gradient_and_its_value_an_exact_one():
+    """A mask computed from something with a trainable variable upstream (through greater and cast: no
+    derivative) still gets the exact zeroing gradient: M2.1's division gradient gave inf at every padded
+    position, and inf in the variables' gradients (found by review)."""
+    g = Graph(seed=0, dtype=np.float64)
+    x = g.placeholder("x", ("batch", "time", 3))
+    m = masked.mask_placeholder(g, "mask", allow_empty_rows=True)
+    w, v = g.variable("w", np.ones(3)), g.variable("v", np.array(1.0))
+    derived = ops.cast(ops.greater(ops.add(m, ops.multiply(ops.sum(v), 0.0)), 0.5), np.float64)
+    loss = ops.sum(masked.mean_pool(Masked(ops.multiply(x, w), derived)))
+    xs, ms = np.ones((2, 3, 3)), np.array([[1, 1, 0], [1, 0, 0]], np.float64)
+    grads = g.gradients({"x": xs, "mask": ms}, loss, [w, x])
+    np.testing.assert_array_equal(grads["w"], [2.0, 2.0, 2.0])  # the mean over each row's valid steps, twice
+    np.testing.assert_array_equal(grads["x"], (ms / ms.sum(1, keepdims=True))[..., None] * np.ones(3))
+
+
+@pytest.mark.parametrize("x_shape, mask_shape", [((4, 1, 3), (1, 4)), ((3, 2, 3), (2, 3))])
+def test_a_mask_of_the_same_size_but_other_dims_is_refused(x_shape, mask_shape):
+    """A mask whose batch x time equals the value's but whose dims differ (batch and time swapped, or a batch-1
+    mask for a time-1 value) fails, naming the op, instead of being read in another order or broadcast over the
+    conv's output (found by review: a [1, 4] mask against a [4, 1, 3] value gave a [4, 4, 2] output)."""
+    g = Graph(seed=0)
+    x = g.placeholder("x", (None, None, None))
+    m = masked.mask_placeholder(g, "mask", padding="any", allow_empty_rows=True)
+    y = masked.conv1d(Masked(x, m), g.variable("w", np.ones((1, 3, 2), np.float32)))
+    ms = np.ones(mask_shape, np.float32)
+    ms.flat[-1] = 0
+    with pytest.raises(JavaError, match="mask_must_match_value"):
+        g.run({"x": np.ones(x_shape, np.float32), "mask": ms}, y.value)
+    ok = np.ones(x_shape[:2], np.float32)
+    assert g.run({"x": np.ones(x_shape, np.float32), "mask": ok}, y.value).shape == (*x_shape[:2], 2)
 
 
 @pytest.mark.parametrize("pad, k, d", [("same", 3, 1), ("same", 4, 2), ("causal", 2, 3)])

@@ -1,11 +1,13 @@
 """Zeroing padded positions exactly and fast, and the row gathers masked layers are built from.
 
 ``zero_padding(value, mask)`` is one elementwise op, libnd4j's ``divide_no_nan(value, factor)`` with the mask as
-a ``[batch, time, 1...]`` factor: ``x / 1`` is ``x`` bit for bit (NaN, inf and -0.0 included) and a padded position
-is exactly +0.0 whatever it held (``x * mask`` gives NaN for NaN or inf there). Its gradient (registered for the
-JVM, ``FixedOps.ZeroPadded``) is the same op on the upstream gradient: exactly 0 into padding, even for a NaN
-upstream. At ``[32, 128, 128]`` float32 it takes ~0.35 ms forward, where the row gather it replaces took ~1 ms in
-four ops (libnd4j's elementwise ``select``: 39 ms); bench/FINDINGS.md.
+a ``[batch, time, 1...]`` factor: ``x / 1`` is ``x`` (NaN, inf and -0.0 included, bit for bit; only a signalling
+NaN comes out quiet) and a padded position is exactly +0.0 whatever it held (``x * mask`` gives NaN for NaN or
+inf there). The mask must hold exactly 0 and 1 (feeds are checked; a derived mask must keep to it: 0.5 would
+double the value). Its gradient (registered for the JVM, ``FixedOps.ZeroPadded``) is the same op on the upstream
+gradient: exactly 0 into padding, even for a NaN upstream, and none into the mask. At ``[32, 128, 128]``
+float32 it takes ~0.35 ms forward, where the row gather it replaces took ~1 ms in four ops (libnd4j's
+elementwise ``select``: 39 ms); bench/FINDINGS.md.
 
 ``mask_rows(value, mask, fill)`` (a filler other than 0) gathers the ``[batch * time, F]`` rows of ``value`` and
 one filler row, padded positions reading the filler; its gradient is a gather too: each row is read by its own
@@ -282,9 +284,10 @@ def select_where(value: Var, mask: Var, fill: float = 0.0) -> Var:
 def mask_factor(mask: Var, like: Var) -> Var:
     """The mask as a ``[batch, time, 1...]`` factor of ``like``'s rank and dtype (1 = valid).
 
-    Reshaped to ``like``'s own batch and time at run time, so a mask of batch or time 1 against a larger value
-    fails there (the op ``mask_must_match_value`` is named in the error) instead of being broadcast over other
-    rows. For a value :func:`shaped_by` the mask, the factor is built once per mask, rank and dtype.
+    Checked against ``like``'s own batch and time at run time: a mask of batch or time 1 against a larger value,
+    or one of the same size with other dims, fails there (the op ``mask_must_match_value`` is named in the
+    error) instead of being broadcast over other rows or read in another order. For a value :func:`shaped_by`
+    the mask, the factor is built once per mask, rank and dtype.
 
     Args:
         mask: ``[batch, time]`` float mask (1 = valid).
@@ -326,7 +329,7 @@ def zero_padding(value: Var, mask: Var, name: str | None = None) -> Var:
 
     ``value`` itself if it is already known to hold them (and no ``name`` is asked for); else one
     ``divide_no_nan(value, factor)`` (:func:`mask_factor`; the module docstring). The gradient into padded
-    positions is exactly 0.
+    positions is exactly 0; the mask (exactly 0/1) gets none.
 
     Args:
         value: ``[batch, time, ...]`` Var (its trailing dims may be unknown).

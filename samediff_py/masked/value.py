@@ -124,11 +124,12 @@ def select_valid(value: Var, mask: Var, fill: float = 0.0) -> Var:
     positions is exactly 0.
 
     With ``fill == 0`` (the masked ops' case) it is :func:`samediff_py.masked.rows.zero_padding`: one
-    ``divide_no_nan`` by the mask (``x / 1`` is ``x`` bit for bit; the divisor 0 gives exactly 0), ~0.35 ms for a
-    ``[32, 128, 128]`` float32 value. Another ``fill`` is a row gather (:func:`samediff_py.masked.rows.mask_rows`:
-    the ``[batch * time, features]`` rows of ``value`` and one filler row, padded positions picking the filler;
-    ~1 ms there), or, where the feature shape is unknown when building, libnd4j's elementwise ``select`` (39 ms
-    there: it reads every element through a generic per-element accessor; bench/FINDINGS.md).
+    ``divide_no_nan`` by the mask (``x / 1`` is ``x``, NaN and inf included; the divisor 0 gives exactly 0),
+    ~0.35 ms for a ``[32, 128, 128]`` float32 value. Another ``fill`` is a row gather
+    (:func:`samediff_py.masked.rows.mask_rows`: the ``[batch * time, features]`` rows of ``value`` and one filler
+    row, padded positions picking the filler; ~1 ms there), or, where the feature shape is unknown when
+    building, libnd4j's elementwise ``select`` (39 ms there: it reads every element through a generic
+    per-element accessor; bench/FINDINGS.md).
 
     Args:
         value: ``[batch, time, ...]`` Var.

@@ -368,12 +368,13 @@ public final class FixedOps {
     /**
      * {@code divide_no_nan(x, valid)}: x / valid where valid != 0, exactly 0 where it is 0. With a 0/1 factor
      * broadcast over x's trailing dims (a mask), this is masks' exact zeroing in one elementwise op: x / 1 is x
-     * bit for bit (NaN, inf and -0.0 included), a padded position is +0.0 whatever it held, where
+     * (NaN, inf and -0.0 included; only a signalling NaN comes out quiet), a padded position is +0.0 whatever
+     * it held, where
      * {@code x * mask} gives NaN for NaN or inf (libnd4j's select does the same as this, ~100x slower).
      * Ops built by {@link #zeroPadded} carry the integer argument {@link #MASK_FACTOR}; their gradient is
      * {@code divide_no_nan(g, valid)} to x (exactly 0 at padding, even for a NaN upstream) and zeros to the
-     * factor, when nothing trainable lies upstream of the factor. Any other {@code divide_no_nan} keeps M2.1's
-     * gradient (the plain division's, inf where the divisor is 0).
+     * factor (a mask). Any other {@code divide_no_nan} keeps M2.1's gradient (the plain division's, inf where
+     * the divisor is 0).
      */
     public static class ZeroPadded extends DivideNoNan {
         public static final long MASK_FACTOR = 1;
@@ -389,9 +390,9 @@ public final class FixedOps {
         public List<SDVariable> doDiff(List<SDVariable> grads) {
             long[] ia = iArgs();
             SDVariable valid = arg(1);
-            if (ia.length != 1 || ia[0] != MASK_FACTOR || Sequences.FastConv1D.trainableUpstream(sameDiff, valid)) {
-                return super.doDiff(grads);
-            }
+            // a 0/1 mask has no useful derivative, whatever it was computed from (a mask derived from a trainable
+            // value through greater/cast would otherwise get M2.1's: g / 0 = inf at every padded position)
+            if (ia.length != 1 || ia[0] != MASK_FACTOR) return super.doDiff(grads);
             SDVariable dx = new ZeroPadded(sameDiff, grads.get(0), valid).outputVariable();
             return Arrays.asList(dx, sameDiff.zerosLike(valid));
         }

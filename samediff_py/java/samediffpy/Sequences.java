@@ -385,15 +385,23 @@ public final class Sequences {
     }
 
     /**
-     * The mask as a factor for {@code like [B, T, F...]}: reshaped to like's own B and T (a mask of batch or
-     * time 1 against a larger value fails here instead of broadcasting over other rows), then to rank
+     * The mask as a factor for {@code like [B, T, F...]}: reshaped to like's own B and T, which must be the
+     * mask's own (a mask of batch or time 1 against a larger value, or of swapped sizes, fails here instead of
+     * being broadcast or read in another order), then to rank
      * {@code rank} with trailing 1s, cast to {@code dtype}. {@code like} null: the mask's own B and T (for values
      * known to have them).
      */
     public static SDVariable maskFactor(SameDiff sd, String name, SDVariable mask, SDVariable like, int rank,
                                         DataType dtype) {
-        SDVariable lead = like == null ? sd.shape(mask)
-                : sd.stridedSlice(sd.shape(like), new long[]{0}, new long[]{2}, new long[]{1});
+        SDVariable lead = sd.shape(mask);
+        if (like != null) {
+            SDVariable want = sd.stridedSlice(sd.shape(like), new long[]{0}, new long[]{2}, new long[]{1});
+            // [B + d, T + d] with d = |B' - B| + |T' - T|: exactly the mask's [B', T'] when they agree, else a shape
+            // of more elements than the mask has, so the reshape fails (a reshape to [B, T] alone would accept a
+            // mask [1, 4] for a value [4, 1, F], and the divide would broadcast it)
+            SDVariable d = sd.math().abs(lead.sub(want)).sum();
+            lead = want.add(d);
+        }
         SDVariable shape = lead;
         if (rank > 2) {
             long[] ones = new long[rank - 2];
