@@ -675,6 +675,30 @@ def test_a_mask_derived_from_a_trainable_value_gets_no_gradient_and_its_value_an
     np.testing.assert_array_equal(grads["x"], (ms / ms.sum(1, keepdims=True))[..., None] * np.ones(3))
 
 
+@pytest.mark.parametrize("known", [True, False])
+@pytest.mark.parametrize("x_shape, mask_shape", [((4, 1, 3), (1, 4)), ((3, 2, 3), (2, 3))])
+def test_a_filler_select_refuses_a_mask_of_the_same_size_but_other_dims(x_shape, mask_shape, known):
+    """The selects with a filler other than 0 (a row gather where the feature dims are known, libnd4j's select
+    where not; max_pool's -inf) check the mask's dims exactly too: they compared batch x time only, and read
+    rows in another order or returned the mask's shape (found by a second review)."""
+    from samediff_py.masked.value import select_valid
+
+    g = Graph(seed=0)
+    x = g.placeholder("x", (None, None, 3) if known else (None, None, None))
+    m = masked.mask_placeholder(g, "mask", padding="any", allow_empty_rows=True)
+    outs = [select_valid(x, m, fill=-1.0), masked.max_pool(Masked.derived(x, m))]
+    xs = np.arange(np.prod(x_shape), dtype=np.float32).reshape(x_shape)
+    for out in outs:
+        with pytest.raises(JavaError, match="mask_must_match_value"):
+            g.run({"x": xs, "mask": np.ones(mask_shape, np.float32)}, out)
+    ok = np.ones(x_shape[:2], np.float32)
+    ok[-1, -1] = 0
+    got, pooled = g.run({"x": xs, "mask": ok}, outs)
+    np.testing.assert_array_equal(got, np.where(ok[..., None] > 0, xs, -1.0))
+    want = np.where(ok[..., None] > 0, xs, -np.inf).max(1)
+    np.testing.assert_array_equal(pooled, np.where(ok.any(1)[:, None], want, 0.0))  # a fully padded row gives 0
+
+
 @pytest.mark.parametrize("x_shape, mask_shape", [((4, 1, 3), (1, 4)), ((3, 2, 3), (2, 3))])
 def test_a_mask_of_the_same_size_but_other_dims_is_refused(x_shape, mask_shape):
     """A mask whose batch x time equals the value's but whose dims differ (batch and time swapped, or a batch-1

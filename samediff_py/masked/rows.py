@@ -236,7 +236,11 @@ def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0)
     rest = value.shape[2:]
     if None in rest:
         raise ValueError(f"mask_rows needs the feature dims of {value.name!r} known when building, got {value.shape}")
-    flat = gather_rows(flat_rows(value, mask), row_index(mask), fill=fill, offsets=[0])
+    if not shaped_by(value, mask):
+        # the gather's own length check compares batch x time only: check the dims exactly first (the divide
+        # changes nothing the gather reads: valid positions stay bit for bit, padded ones read the filler)
+        value = _divide(value, mask)
+    flat = gather_rows(flat_rows(value, mask), row_index(mask), fill=fill, offsets=[0], check_length=False)
     out = unflatten(flat, mask, tuple(rest), name=name)
     if fill != 0.0:
         return out
@@ -352,6 +356,11 @@ def zero_padding(value: Var, mask: Var, name: str | None = None) -> Var:
         return value
     if value.rank < 2 or mask.rank != 2:
         raise MaskError(f"zero_padding takes a [batch, time, ...] value and a [batch, time] mask, got {value.shape}")
+    return _divide(value, mask, name)
+
+
+def _divide(value: Var, mask: Var, name: str | None = None) -> Var:
+    """``divide_no_nan(value, mask_factor(mask, value))``, marked zero-padded and shaped by the mask."""
     g = value.graph
     factor = mask_factor(mask, value)
     fixed = _jvm.jclass("samediffpy.FixedOps")

@@ -150,7 +150,9 @@ class Masked:
     """A ``[batch, time, ...]`` value together with its ``[batch, time]`` mask (1 = valid).
 
     Creating one selects the valid positions: padded positions of ``value`` become exactly 0 (whatever
-    the feed held there), so no NaN/inf/huge filler can reach a valid result or a gradient.
+    the feed held there), so no NaN/inf/huge filler can reach a valid result or a gradient. The mask must hold
+    exactly 0 and 1: a placeholder's feeds are checked; a mask computed in the graph must keep to it (the
+    zeroing divides by it: 0.5 would double a value), and it gets no gradient (soft masks are not supported).
 
     Per-position operations keep the mask: ``+ - * /`` with another ``Masked`` of the SAME mask, or with a
     number / an array / a Var that has no batch axis (bias ``[features]``, positions ``[1, time, features]``);

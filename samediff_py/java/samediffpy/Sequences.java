@@ -377,11 +377,23 @@ public final class Sequences {
 
     /**
      * {@code mask [B', T']} reshaped to {@code like}'s leading {@code [B, T]} at run time: an error unless
-     * {@code B' * T' == B * T} (masked.rows.valid_condition, whose broadcast would take a mask of batch or time 1).
+     * {@code B' == B} and {@code T' == T} (masked.rows.valid_condition, whose broadcast would take a mask of batch
+     * or time 1; see {@link #exactLead}).
      */
     public static SDVariable maskAs(SameDiff sd, String name, SDVariable mask, SDVariable like) {
-        SDVariable lead = sd.stridedSlice(sd.shape(like), new long[]{0}, new long[]{2}, new long[]{1});
-        return sd.reshape(name, mask, lead);
+        return sd.reshape(name, mask, exactLead(sd, mask, like));
+    }
+
+    /**
+     * {@code [B + d, T + d]}, {@code [B, T]} like's leading dims and {@code d = |B' - B| + |T' - T|} ({@code [B', T']}
+     * the mask's): exactly the mask's own shape when the dims agree, else a shape of more elements than the mask
+     * has, so reshaping the mask to it fails. (A reshape to {@code [B, T]} alone compares {@code B * T} only: it
+     * would accept a mask {@code [1, 4]} for a value {@code [4, 1, F]}, or {@code [2, 3]} for {@code [3, 2, F]}.)
+     */
+    static SDVariable exactLead(SameDiff sd, SDVariable mask, SDVariable like) {
+        SDVariable own = sd.shape(mask);
+        SDVariable want = sd.stridedSlice(sd.shape(like), new long[]{0}, new long[]{2}, new long[]{1});
+        return want.add(sd.math().abs(own.sub(want)).sum());
     }
 
     /**
@@ -393,15 +405,7 @@ public final class Sequences {
      */
     public static SDVariable maskFactor(SameDiff sd, String name, SDVariable mask, SDVariable like, int rank,
                                         DataType dtype) {
-        SDVariable lead = sd.shape(mask);
-        if (like != null) {
-            SDVariable want = sd.stridedSlice(sd.shape(like), new long[]{0}, new long[]{2}, new long[]{1});
-            // [B + d, T + d] with d = |B' - B| + |T' - T|: exactly the mask's [B', T'] when they agree, else a shape
-            // of more elements than the mask has, so the reshape fails (a reshape to [B, T] alone would accept a
-            // mask [1, 4] for a value [4, 1, F], and the divide would broadcast it)
-            SDVariable d = sd.math().abs(lead.sub(want)).sum();
-            lead = want.add(d);
-        }
+        SDVariable lead = like == null ? sd.shape(mask) : exactLead(sd, mask, like);
         SDVariable shape = lead;
         if (rank > 2) {
             long[] ones = new long[rank - 2];
