@@ -14,6 +14,13 @@ class BackendMissing(RuntimeError):
     """Java or the nd4j jars are not available; the message says what to run."""
 
 
+# ops samediff_py names after the run-time check they make: what their failure means, added to the message
+OP_HINTS = {
+    "mask_must_match_value": "a mask's [batch, time] must equal the first two dims of the value it masks (a mask "
+    "of batch or time 1, or of the same size with other dims, is refused rather than broadcast or reordered)",
+}
+
+
 class JavaError(RuntimeError):
     """A Java exception raised inside the JVM, re-raised in Python.
 
@@ -27,7 +34,8 @@ class JavaError(RuntimeError):
         self.java_class = java_class
         self.java_message = java_message
         self.java_stack = stack or []
-        super().__init__(f"{java_class}: {java_message}")
+        hints = [h for op, h in OP_HINTS.items() if op in (java_message or "")]
+        super().__init__(f"{java_class}: {java_message}" + "".join(f"\n  hint: {h}" for h in hints))
 
 
 class MaskError(ValueError):

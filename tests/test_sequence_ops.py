@@ -710,8 +710,9 @@ def test_a_mask_of_the_same_size_but_other_dims_is_refused(x_shape, mask_shape):
     y = masked.conv1d(Masked(x, m), g.variable("w", np.ones((1, 3, 2), np.float32)))
     ms = np.ones(mask_shape, np.float32)
     ms.flat[-1] = 0
-    with pytest.raises(JavaError, match="mask_must_match_value"):
+    with pytest.raises(JavaError, match="mask_must_match_value") as err:
         g.run({"x": np.ones(x_shape, np.float32), "mask": ms}, y.value)
+    assert "hint: a mask's [batch, time] must equal the first two dims" in str(err.value)
     ok = np.ones(x_shape[:2], np.float32)
     assert g.run({"x": np.ones(x_shape, np.float32), "mask": ok}, y.value).shape == (*x_shape[:2], 2)
 
