@@ -369,8 +369,8 @@ public final class FixedOps {
      * {@code divide_no_nan(x, valid)}: x / valid where valid != 0, exactly 0 where it is 0. With a 0/1 factor
      * broadcast over x's trailing dims (a mask), this is masks' exact zeroing in one elementwise op: x / 1 is x
      * (NaN, inf and -0.0 included; only a signalling NaN comes out quiet), a padded position is +0.0 whatever
-     * it held, where
-     * {@code x * mask} gives NaN for NaN or inf (libnd4j's select does the same as this, ~100x slower).
+     * it held, where {@code x * mask} gives NaN for NaN or inf (libnd4j's select does the same as this, ~100x
+     * slower).
      * Ops built by {@link #zeroPadded} carry the integer argument {@link #MASK_FACTOR}; their gradient is
      * {@code divide_no_nan(g, valid)} to x (exactly 0 at padding, even for a NaN upstream) and zeros to the
      * factor (a mask). Any other {@code divide_no_nan} keeps M2.1's gradient (the plain division's, inf where

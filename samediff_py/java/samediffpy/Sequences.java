@@ -539,10 +539,10 @@ public final class Sequences {
             return Arrays.asList(dx, dw, db);
         }
 
-        /** Whether a trainable float variable feeds {@code v}, through any chain of ops. */
         private static final java.util.Set<String> SHAPE_OPS =
                 new java.util.HashSet<>(Arrays.asList("shape_of", "shapes_of", "size_at", "size", "rank"));
 
+        /** Whether a trainable float variable feeds {@code v}, through any chain of ops but shape ops. */
         static boolean trainableUpstream(SameDiff sd, SDVariable v) {
             java.util.ArrayDeque<SDVariable> todo = new java.util.ArrayDeque<>(Collections.singletonList(v));
             java.util.Set<String> seen = new java.util.HashSet<>();
