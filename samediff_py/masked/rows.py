@@ -34,8 +34,7 @@ def _memo(graph, kind: str) -> dict:
     """One of the graph's records (``Graph.memo``), keyed by Var (identity).
 
     ``row_index``: mask -> its row index; ``zero``: value -> the mask whose padded positions it holds as exact
-    0; ``flat``: value -> (mask, its ``[batch * time, prod(F)]`` rows at the mask's valid positions);
-    ``shape``: (mask, rest) -> the ``[batch, time, *rest]`` shape Var; ``shaped``: value -> the mask whose
+    0; ``shape``: (mask, rest) -> the ``[batch, time, *rest]`` shape Var; ``shaped``: value -> the mask whose
     batch and time it has (reshaped to them, or checked against them); ``factor``: (mask, rank, dtype) -> the
     mask as a factor for such values (:func:`mask_factor`).
     """
@@ -132,12 +131,14 @@ def unflatten(flat: Var, mask: Var, rest: tuple[int, ...], name: str | None = No
         flat.dtype,
         (flat, shape),
     )
-    _memo(g, "shaped")[out] = mask
-    return out
+    return mark_shaped(out, mask)
 
 
 def shaped_by(value: Var, mask: Var) -> bool:
-    """Whether ``value`` was made by :func:`unflatten` with ``mask`` (so its batch and time are the mask's).
+    """Whether ``value``'s batch and time are known to be ``mask``'s (:func:`mark_shaped`).
+
+    Reshaped to them (:func:`unflatten`), checked against them (:func:`zero_padding`), or passed on by an op
+    that keeps them (a stride-1 convolution, an elementwise activation).
 
     Args:
         value: a Var.
@@ -147,40 +148,6 @@ def shaped_by(value: Var, mask: Var) -> bool:
         True if so.
     """
     return _memo(value.graph, "shaped").get(value) is mask
-
-
-def flat_rows(value: Var, mask: Var) -> Var:
-    """``value [batch, time, F...]`` as ``[batch * time, prod(F)]`` rows.
-
-    Valid rows are exact; a recorded flat twin is reused, so layers that pass rows along add no reshape.
-
-    Args:
-        value: ``[batch, time, F...]`` Var.
-        mask: its ``[batch, time]`` mask.
-
-    Returns:
-        ``[batch * time, prod(F)]`` Var.
-    """
-    hit = _memo(value.graph, "flat").get(value)
-    if hit is not None and hit[0] is mask:
-        return hit[1]
-    row = int(np.prod(value.shape[2:])) if value.rank > 2 else 1
-    return ops.reshape(value, (-1, row))
-
-
-def record_flat(value: Var, mask: Var, flat: Var) -> Var:
-    """Record that ``flat`` holds ``value``'s rows at ``mask``'s valid positions.
-
-    Args:
-        value: ``[batch, time, F...]`` Var.
-        mask: its ``[batch, time]`` mask.
-        flat: ``[batch * time, prod(F)]`` Var with the same rows at valid positions.
-
-    Returns:
-        ``value``.
-    """
-    _memo(value.graph, "flat")[value] = (mask, flat)
-    return value
 
 
 def mark_zero_padded(value: Var, mask: Var) -> Var:
@@ -240,11 +207,10 @@ def mask_rows(value: Var, mask: Var, name: str | None = None, fill: float = 0.0)
         # the gather's own length check compares batch x time only: check the dims exactly first (the divide
         # changes nothing the gather reads: valid positions stay bit for bit, padded ones read the filler)
         value = _divide(value, mask)
-    flat = gather_rows(flat_rows(value, mask), row_index(mask), fill=fill, offsets=[0], check_length=False)
+    rows = ops.reshape(value, (-1, int(np.prod(rest)) if rest else 1))
+    flat = gather_rows(rows, row_index(mask), fill=fill, offsets=[0], check_length=False)
     out = unflatten(flat, mask, tuple(rest), name=name)
-    if fill != 0.0:
-        return out
-    return mark_zero_padded(record_flat(out, mask, flat), mask)
+    return out if fill != 0.0 else mark_zero_padded(out, mask)
 
 
 def valid_condition(mask: Var, like: Var) -> Var:
